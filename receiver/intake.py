@@ -1,0 +1,108 @@
+"""verify -> decode -> store: the one place the pieces meet for a callback.
+
+The order matters: the signature is checked before anything of the body is parsed (it covers the
+URL and the time, not the body: signing-notes.md), and a correctly signed body that does not
+decode is still stored, as ``undecodable``, before it is refused, so nothing verified is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from receiver.config import EndpointSettings
+from receiver.errors import DecodeError, UndecodableStored
+from receiver.events import decode
+from receiver.signing import verify
+from receiver.store import IncomingDelivery, WriteOutcome
+
+# Headers worth keeping with a delivery (what sent it, how, through which proxies). Credentials
+# (x-hw-mss-secret, authorization, cookies) are never among them.
+KEPT_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "user-agent",
+    "x-hw-mss-time",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "x-receiver-replay",
+)
+MAX_HEADER_VALUE = 512
+
+
+class Writer(Protocol):
+    async def write(self, item: IncomingDelivery) -> WriteOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    result: str  # "stored" | "duplicate"
+    delivery_id: int
+    event_id: int | None
+
+
+async def receive(
+    *,
+    endpoint: EndpointSettings,
+    body: bytes,
+    query_string: str,
+    headers: Mapping[str, str],
+    remote_addr: str | None,
+    now: float,
+    writer: Writer,
+) -> Receipt:
+    """Verify, decode and store one callback. Raises SignatureError, UndecodableStored or
+    StoreUnavailable; returns only once the delivery is committed."""
+    verified = verify(policy=endpoint.policy(), query_string=query_string, headers=headers, now=now)
+    try:
+        event = decode(body)
+        error = None
+    except DecodeError as exc:
+        event, error = None, exc.message
+    item = IncomingDelivery(
+        endpoint=endpoint.name,
+        body=body,
+        received_at=datetime.fromtimestamp(now, UTC),
+        signed_at=verified.signed_at,
+        key_index=verified.key_index,
+        time_unit=verified.time_unit.value if verified.time_unit else None,
+        headers=kept_headers(headers),
+        query=kept_query(query_string, endpoint),
+        remote_addr=remote_addr,
+        event=event,
+        error=error,
+    )
+    outcome = await writer.write(item)
+    if outcome.status != "stored":
+        raise UndecodableStored(
+            error or "the original of this duplicate delivery could not be decoded",
+            delivery_id=outcome.delivery_id,
+            duplicate=outcome.result == "duplicate",
+        )
+    return Receipt(outcome.result, outcome.delivery_id, outcome.event_id)
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    kept = {}
+    for name in KEPT_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            kept[name] = value[:MAX_HEADER_VALUE]
+    return kept
+
+
+def kept_query(query_string: str, endpoint: EndpointSettings) -> list[tuple[str, str]]:
+    """The request's query minus credentials (hwSecret; for NONE, the URL's own token)."""
+    if not query_string:
+        return []
+    hidden = endpoint.credential_params()
+    pairs = parse_qsl(query_string, keep_blank_values=True)
+    return [(name, value[:MAX_HEADER_VALUE]) for name, value in pairs if name not in hidden][:64]

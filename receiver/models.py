@@ -1,0 +1,116 @@
+"""The tables (SQLModel), and nothing else.
+
+Every column names its SQL type explicitly so that the Alembic migrations in ``migrations/`` say
+the same thing on SQLite and PostgreSQL, and ``alembic check`` can hold them to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always UTC-aware in Python (SQLite keeps no zone of its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# JSONB on PostgreSQL (indexable, compact); JSON text on SQLite.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class DeliveryStatus:
+    STORED = "stored"
+    UNDECODABLE = "undecodable"
+    DUPLICATE = "duplicate"
+    ALL = (STORED, UNDECODABLE, DUPLICATE)
+
+
+class Delivery(SQLModel, table=True):
+    """One verified callback as received.
+
+    ``stored`` and ``undecodable`` rows keep the raw body; a ``duplicate`` row records that an
+    identical delivery came again (``duplicate_of`` points at the original) without a second copy.
+    ``dedup_key`` (sha256 of endpoint, signing time and body) is unique: the database, not a
+    read-then-write, decides which of two simultaneous copies is the original.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        sa.Index("ix_deliveries_status_id", "status", "id"),
+        sa.Index("ix_deliveries_duplicate_of", "duplicate_of"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    dedup_key: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(64), nullable=True, unique=True)
+    )
+    duplicate_of: int | None = Field(
+        default=None,
+        sa_column=sa.Column(BigId, sa.ForeignKey("deliveries.id"), nullable=True),
+    )
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    signed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    key_index: int | None = Field(default=None, sa_column=sa.Column(sa.SmallInteger()))
+    time_unit: str | None = Field(default=None, sa_column=sa.Column(sa.String(16)))
+    body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary()))
+    body_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    body_size: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    headers: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    query: list[Any] = Field(default_factory=list, sa_column=sa.Column(Json, nullable=False))
+    remote_addr: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+
+
+class Event(SQLModel, table=True):
+    """The decoded event of a stored delivery (one per delivery)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_job_id_id", "job_id", "id"),
+        sa.Index("ix_events_room_id_id", "room_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    delivery_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("deliveries.id"), nullable=False, unique=True)
+    )
+    endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    event_type: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    signed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    message: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    message_encoding: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    extra: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+
+
+metadata = SQLModel.metadata
