@@ -1,4 +1,4 @@
-"""HTTP routes. The only module where the project's errors become HTTP answers.
+"""HTTP routes. The only place where the project's errors become HTTP answers.
 
 Every error answer has MetaStudio's own shape, ``{"error_code": ..., "error_msg": ...}``
 (metastudio-list-smart-live-jobs.txt, Tables 15-17), and no input a client can send gets a 500.
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import api_v1
 from receiver.errors import (
+    ApiUnauthorized,
     BodyTooLarge,
     DecodeError,
+    NotFound,
     QueryError,
     ReceiverError,
     SignatureError,
@@ -27,6 +29,9 @@ from receiver.errors import (
     UnknownEndpoint,
 )
 from receiver.intake import receive
+from receiver.metrics import CONTENT_TYPE
+from receiver.openapi import document
+from receiver.responses import JSON, error_answer
 
 if TYPE_CHECKING:
     from receiver.app import Runtime
@@ -35,11 +40,13 @@ log = logging.getLogger("receiver.api")
 
 _STATUS: list[tuple[type[ReceiverError], int]] = [
     (SignatureError, 401),
+    (ApiUnauthorized, 401),
     (DecodeError, 400),
+    (QueryError, 400),
     (UnknownEndpoint, 404),
+    (NotFound, 404),
     (BodyTooLarge, 413),
     (StoreUnavailable, 503),
-    (QueryError, 400),
 ]
 _HTTP_CODES = {
     400: "RCV.BAD_REQUEST",
@@ -50,20 +57,6 @@ _HTTP_CODES = {
     500: "RCV.INTERNAL_ERROR",
     503: "RCV.STORE_UNAVAILABLE",
 }
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error_answer(status: int, code: str, message: str, **extra: Any) -> JSON:
-    body: dict[str, Any] = {"error_code": code, "error_msg": message}
-    body.update(extra)
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSON(body, status_code=status, headers=headers)
 
 
 def runtime(request: Request) -> Runtime:
@@ -87,21 +80,50 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def callback(request: Request) -> Response:
     rt = runtime(request)
+    started = time.perf_counter()
+    now = time.time()
     name = request.path_params["name"]
-    endpoint = rt.endpoints.get(name)
-    if endpoint is None:
-        raise UnknownEndpoint(f"no endpoint named {name!r} is configured")
-    body = await read_body(request, rt.settings.max_body_bytes)
     client = request.client
-    receipt = await receive(
-        endpoint=endpoint,
-        body=body,
-        query_string=request.scope["query_string"].decode("latin-1"),
-        headers=request.headers,
-        remote_addr=client.host if client else None,
-        now=time.time(),
-        writer=rt.writer,
-    )
+    remote = client.host if client else None
+    body = b""
+    metrics = rt.metrics
+    try:
+        endpoint = rt.endpoints.get(name)
+        if endpoint is None:
+            raise UnknownEndpoint(f"no endpoint named {name[:64]!r} is configured")
+        body = await read_body(request, rt.settings.max_body_bytes)
+        receipt = await receive(
+            endpoint=endpoint,
+            body=body,
+            query_string=request.scope["query_string"].decode("latin-1"),
+            headers=request.headers,
+            remote_addr=remote,
+            now=now,
+            writer=rt.writer,
+            on_verified=metrics.clock_skew.observe,
+        )
+    except StoreUnavailable:
+        metrics.deliveries.labels(name[:64], "unavailable").inc()
+        raise
+    except UndecodableStored as exc:
+        metrics.deliveries.labels(name, "undecodable").inc()
+        rt.rejections.record(exc=exc, endpoint=name, remote_addr=remote, body=body, now=now)
+        metrics.rejections.labels("undecodable").inc()
+        raise
+    except ReceiverError as exc:
+        known = name if name in rt.endpoints else "(unknown)"
+        metrics.deliveries.labels(known, "rejected").inc()
+        size = len(body)
+        if isinstance(exc, BodyTooLarge):
+            declared = request.headers.get("content-length", "")
+            size = int(declared) if declared.isdigit() else rt.settings.max_body_bytes + 1
+        reason = rt.rejections.record(
+            exc=exc, endpoint=name, remote_addr=remote, body=body, body_size=size, now=now
+        )
+        metrics.rejections.labels(reason).inc()
+        raise
+    metrics.deliveries.labels(name, receipt.result).inc()
+    metrics.intake_seconds.observe(time.perf_counter() - started)
     return JSON(
         {"result": receipt.result, "delivery_id": receipt.delivery_id, "event_id": receipt.event_id}
     )
@@ -119,6 +141,14 @@ async def readyz(request: Request) -> Response:
     return JSON({"status": "ready"})
 
 
+async def metrics(request: Request) -> Response:
+    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return JSON(document())
+
+
 async def on_receiver_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ReceiverError)
     status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
@@ -126,7 +156,7 @@ async def on_receiver_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, StoreUnavailable):
         log.warning("503 for %s: %s", request.url.path, exc.message)
     elif endpoint is not None:
-        log.info("refused callback for %r: %s %s", endpoint, exc.code, exc.message)
+        log.info("refused callback for %r: %s %s", endpoint[:64], exc.code, exc.message)
     if isinstance(exc, UndecodableStored):
         return error_answer(
             status,
@@ -156,6 +186,9 @@ routes = [
     Route("/callbacks/{name}", callback, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    *api_v1.routes,
 ]
 
 exception_handlers = {

@@ -13,7 +13,9 @@
     │   ├── UnknownEndpoint          no endpoint of that name (404)
     │   └── BodyTooLarge             body over max_body_bytes (413)
     ├── StoreUnavailable         the store could not commit or answer (503)
-    └── QueryError               a bad query parameter (400)
+    ├── QueryError               a bad query parameter (400)
+    ├── ApiUnauthorized          /v1 without a valid bearer token (401)
+    └── NotFound                 no such event or job (404)
 
 Only ``receiver.api`` turns these into HTTP answers (``{"error_code", "error_msg"}``).
 """
@@ -90,3 +92,11 @@ class StoreUnavailable(ReceiverError):
 
 class QueryError(ReceiverError):
     code = "RCV.BAD_PARAMETER"
+
+
+class ApiUnauthorized(ReceiverError):
+    code = "RCV.API_UNAUTHORIZED"
+
+
+class NotFound(ReceiverError):
+    code = "RCV.NOT_FOUND"

@@ -7,7 +7,7 @@ decode is still stored, as ``undecodable``, before it is refused, so nothing ver
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -58,10 +58,13 @@ async def receive(
     remote_addr: str | None,
     now: float,
     writer: Writer,
+    on_verified: Callable[[float], None] | None = None,
 ) -> Receipt:
     """Verify, decode and store one callback. Raises SignatureError, UndecodableStored or
     StoreUnavailable; returns only once the delivery is committed."""
     verified = verify(policy=endpoint.policy(), query_string=query_string, headers=headers, now=now)
+    if on_verified is not None and verified.skew_seconds is not None:
+        on_verified(verified.skew_seconds)
     try:
         event = decode(body)
         error = None

@@ -93,9 +93,15 @@ class Event(SQLModel, table=True):
     """The decoded event of a stored delivery (one per delivery)."""
 
     __tablename__ = "events"
+    # Each filter of GET /v1/events is an equality on a leading column followed by the id order,
+    # so one index answers a page by reading only that page's rows (keyset pagination).
     __table_args__ = (
         sa.Index("ix_events_job_id_id", "job_id", "id"),
+        sa.Index("ix_events_job_id_event_type_id", "job_id", "event_type", "id"),
         sa.Index("ix_events_room_id_id", "room_id", "id"),
+        sa.Index("ix_events_endpoint_id", "endpoint", "id"),
+        sa.Index("ix_events_event_type_id", "event_type", "id"),
+        sa.Index("ix_events_received_at", "received_at"),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
@@ -111,6 +117,35 @@ class Event(SQLModel, table=True):
     message: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
     message_encoding: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
     extra: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+
+
+class Rejection(SQLModel, table=True):
+    """A refused callback: why, from where, and enough of the body to recognise it.
+
+    Every column is bounded, and the table is pruned to a maximum number of rows, so a flood of
+    forged requests cannot fill the disk (see ``receiver.rejections``).
+    """
+
+    __tablename__ = "rejections"
+    __table_args__ = (
+        sa.Index("ix_rejections_endpoint_id", "endpoint", "id"),
+        sa.Index("ix_rejections_reason_id", "reason", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    reason: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    error_code: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    detail: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    remote_addr: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    clock_skew_seconds: float | None = Field(default=None, sa_column=sa.Column(sa.Float()))
+    body_size: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    body_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    body_prefix: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    suppressed_before: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer(), nullable=False, server_default="0")
+    )
 
 
 metadata = SQLModel.metadata

@@ -1,0 +1,158 @@
+"""The query API under /v1: what was received, refused and found. Bearer tokens required."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver import queries
+from receiver.errors import ApiUnauthorized, NotFound, QueryError, StoreUnavailable
+from receiver.responses import JSON
+
+if TYPE_CHECKING:
+    from receiver.app import Runtime
+
+T = TypeVar("T")
+
+
+def _runtime(request: Request) -> Runtime:
+    value: Runtime = request.app.state.runtime
+    return value
+
+
+def authorize(request: Request) -> Runtime:
+    rt = _runtime(request)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiUnauthorized("send Authorization: Bearer <token> (one of api_tokens)")
+    given = token.strip().encode()
+    matched = False
+    for candidate in rt.settings.api_tokens:
+        # Compare with every token, not stopping at a match: time says nothing about which.
+        matched |= hmac.compare_digest(given, candidate.encode())
+    if not matched:
+        raise ApiUnauthorized("the bearer token is not one of api_tokens")
+    return rt
+
+
+async def _read(rt: Runtime, work: Callable[[Any], T]) -> T:
+    def run() -> T:
+        try:
+            with rt.reader.connect() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            problem = type(exc.orig).__name__
+            raise StoreUnavailable(f"the store did not answer: {problem}") from exc
+
+    return await asyncio.to_thread(run)
+
+
+_KNOWN_PARAMS = {
+    "events": {"endpoint", "room_id", "job_id", "event_type", "since", "until", "limit", "cursor"},
+    "deliveries": {"status", "endpoint", "since", "until", "limit", "cursor"},
+    "rejections": {"endpoint", "reason", "since", "limit", "cursor"},
+    "job": {"limit", "cursor"},
+}
+
+
+def _params(request: Request, kind: str) -> dict[str, str]:
+    allowed = _KNOWN_PARAMS[kind]
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise QueryError(
+                f"{name[:40]}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
+            )
+        if name in found:
+            raise QueryError(f"{name}: given more than once")
+        found[name] = value
+    return found
+
+
+async def list_events(request: Request) -> Response:
+    rt = authorize(request)
+    p = _params(request, "events")
+    kwargs: dict[str, Any] = {
+        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
+        "room_id": queries.parse_text("room_id", p.get("room_id")),
+        "job_id": queries.parse_text("job_id", p.get("job_id")),
+        "event_types": queries.parse_list("event_type", p.get("event_type")),
+        "since": queries.parse_time("since", p.get("since")),
+        "until": queries.parse_time("until", p.get("until")),
+        "limit": queries.parse_limit(p.get("limit")),
+        "cursor": p.get("cursor"),
+    }
+    page = await _read(rt, lambda conn: queries.list_events(conn, **kwargs))
+    return JSON({"events": page.items, "next_cursor": page.next_cursor})
+
+
+async def get_event(request: Request) -> Response:
+    rt = authorize(request)
+    raw = request.path_params["event_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise QueryError("event id: must be a whole number")
+    event = await _read(rt, lambda conn: queries.get_event(conn, int(raw)))
+    if event is None:
+        raise NotFound(f"no event with id {raw}")
+    return JSON(event)
+
+
+async def get_job(request: Request) -> Response:
+    rt = authorize(request)
+    job_id = queries.parse_text("job_id", request.path_params["job_id"])
+    assert job_id is not None
+    p = _params(request, "job")
+    limit = queries.parse_limit(p.get("limit"), default=1000, high=queries.MAX_TIMELINE)
+    view = await _read(
+        rt, lambda conn: queries.job_view(conn, job_id, limit=limit, cursor=p.get("cursor"))
+    )
+    if view is None:
+        raise NotFound(f"no event names job {job_id[:64]!r}")
+    return JSON(view)
+
+
+async def list_deliveries(request: Request) -> Response:
+    rt = authorize(request)
+    p = _params(request, "deliveries")
+    kwargs: dict[str, Any] = {
+        "status": queries.parse_text("status", p.get("status")),
+        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
+        "since": queries.parse_time("since", p.get("since")),
+        "until": queries.parse_time("until", p.get("until")),
+        "limit": queries.parse_limit(p.get("limit")),
+        "cursor": p.get("cursor"),
+    }
+    page = await _read(rt, lambda conn: queries.list_deliveries(conn, **kwargs))
+    return JSON({"deliveries": page.items, "next_cursor": page.next_cursor})
+
+
+async def list_rejections(request: Request) -> Response:
+    rt = authorize(request)
+    p = _params(request, "rejections")
+    kwargs: dict[str, Any] = {
+        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
+        "reason": queries.parse_text("reason", p.get("reason")),
+        "since": queries.parse_time("since", p.get("since")),
+        "limit": queries.parse_limit(p.get("limit")),
+        "cursor": p.get("cursor"),
+    }
+    await rt.rejections.flush()
+    page = await _read(rt, lambda conn: queries.list_rejections(conn, **kwargs))
+    return JSON({"rejections": page.items, "next_cursor": page.next_cursor})
+
+
+routes = [
+    Route("/v1/events", list_events, methods=["GET"]),
+    Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+    Route("/v1/rejections", list_rejections, methods=["GET"]),
+]

@@ -1,0 +1,57 @@
+"""Prometheus metrics (``GET /metrics``), one registry per app so that tests stay apart."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.deliveries = Counter(
+            "receiver_deliveries",
+            "Callbacks answered, by endpoint and result "
+            "(stored, duplicate, undecodable, rejected, unavailable).",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "receiver_rejections", "Refused callbacks by reason.", ["reason"], registry=r
+        )
+        self.rejections_unlogged = Counter(
+            "receiver_rejections_unlogged",
+            "Refusals over the rejection log's rate limit (counted, not written).",
+            registry=r,
+        )
+        self.intake_seconds = Histogram(
+            "receiver_intake_seconds",
+            "Time from request to answer for callbacks (verify + decode + commit).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.clock_skew = Histogram(
+            "receiver_clock_skew_seconds",
+            "now - signed time (hwTime) of verified callbacks; negative: signed in the future.",
+            buckets=(-300, -60, -10, -1, 0, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "receiver_store_batch_size",
+            "Deliveries committed per transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.events_stored = Counter(
+            "receiver_events_stored", "Decoded events committed to the store.", registry=r
+        )
+        self.store_up = Gauge(
+            "receiver_store_up", "1 when the last store operation succeeded.", registry=r
+        )
+        self.store_up.set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

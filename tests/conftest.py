@@ -1,0 +1,231 @@
+"""Shared fixtures: a fresh database of each kind, settings, an in-process app, a real server.
+
+Storage tests run on SQLite and on PostgreSQL (``db_url`` is parametrised over both). The
+PostgreSQL server is named by RECEIVER_TEST_POSTGRES_URL (default: the local one on
+127.0.0.1:5432); each test gets a database of its own, dropped afterwards. When the server cannot
+be reached the PostgreSQL cases are skipped, unless RECEIVER_REQUIRE_POSTGRES=1 (CI sets it), in
+which case they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from starlette.testclient import TestClient
+
+from receiver.app import create_app
+from receiver.config import Settings, settings_from_mapping
+from receiver.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get(
+    "RECEIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_PG = os.environ.get("RECEIVER_REQUIRE_POSTGRES") == "1"
+
+KEY = "GCTbw44s6MPLh4GqgDpnfuFHgy25Enly"
+OLD_KEY = "previous-key-0123456789"
+REGISTERED = "https://hooks.example.com/callbacks/shop-a"
+
+
+def _pg_conninfo(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _pg_admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required (RECEIVER_REQUIRE_POSTGRES=1) but: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own."""
+    name = f"rcv_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'receiver.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of each kind (the test runs once per kind)."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    upgrade(db_url)
+    return db_url
+
+
+def endpoint_table(**overrides: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "name": "shop-a",
+        "registered_url": REGISTERED,
+        "auth_type": "MSS_A",
+        "keys": [KEY, OLD_KEY],
+    }
+    table.update(overrides)
+    return table
+
+
+def make_settings(database_url: str, *endpoints: dict[str, Any], **top: Any) -> Settings:
+    data: dict[str, Any] = {
+        "database_url": database_url,
+        "endpoints": list(endpoints) or [endpoint_table()],
+        "api_tokens": ["test-token"],
+    }
+    data.update(top)
+    return settings_from_mapping(data, environ={})
+
+
+@pytest.fixture
+def app_client(migrated_url: str) -> Callable[..., TestClient]:
+    """In-process client factory: ``app_client(*endpoint_tables, **top_level_keys)``."""
+    clients: list[TestClient] = []
+
+    def factory(*endpoints: dict[str, Any], **top: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(migrated_url, *endpoints, **top)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory  # type: ignore[misc]
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **top: Any) -> Path:
+    """A receiver.toml with the given endpoint tables (values: str, int, float, bool, lists)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"database_url = {value(database_url)}"]
+    lines += [f"{k} = {value(v)}" for k, v in top.items()]
+    for table in endpoints or (endpoint_table(),):
+        lines.append("[[endpoints]]")
+        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A real ``metastudio-receiver serve`` on loopback."""
+
+    config: Path
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "serve", "--config", str(self.config)]
+            + ["--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no drain."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_factory(database_url, *endpoint_tables, **top_level_keys)`` -> a started server."""
+    servers: list[ServerProcess] = []
+
+    def factory(database_url: str, *endpoints: dict[str, Any], **top: Any) -> ServerProcess:
+        index = len(servers)
+        config = write_config(tmp_path / f"receiver-{index}.toml", database_url, *endpoints, **top)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        server = ServerProcess(
+            config=config, port=free_port(), env=env, log_path=tmp_path / f"server-{index}.log"
+        )
+        server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
