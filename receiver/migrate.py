@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from importlib.resources import files
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from receiver.errors import StoreUnavailable
 from receiver.store import create_engine_for, sqlite_path
+
+# Alembic's migration context is module-global: one migration at a time in a process. Between
+# processes (replicas starting together) migrations/env.py takes a PostgreSQL advisory lock.
+_LOCK = threading.Lock()
 
 
 def alembic_config() -> Config:
@@ -22,24 +29,26 @@ def upgrade(url: str) -> None:
     path = sqlite_path(url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine_for(url, pool_size=1)
-    try:
-        with engine.connect() as connection:
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            connection.commit()
-    finally:
-        engine.dispose()
+    _with_alembic(url, lambda config: command.upgrade(config, "head"), commit=True)
 
 
 def check(url: str) -> None:
     """``alembic check``: raises if the models and the migrations disagree."""
+    _with_alembic(url, command.check, commit=False)
+
+
+def _with_alembic(url: str, action: object, *, commit: bool) -> None:
+    assert callable(action)
     engine = create_engine_for(url, pool_size=1)
     try:
-        with engine.connect() as connection:
+        with _LOCK, engine.connect() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
-            command.check(config)
+            action(config)
+            if commit:
+                connection.commit()
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise StoreUnavailable(f"cannot migrate the database: {reason}") from exc
     finally:
         engine.dispose()

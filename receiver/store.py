@@ -19,12 +19,13 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -37,6 +38,8 @@ from receiver.models import Delivery, DeliveryStatus, Event
 
 log = logging.getLogger("receiver.store")
 
+# Any fixed 64-bit number; see Store._write. (migrations/env.py and crosscheck_run use others.)
+COMMIT_ORDER_LOCK = 0x6D73_7276_6964_7331
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 
@@ -90,8 +93,19 @@ def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
     """An engine for reads and migrations; SQLite connections get WAL and synchronous=FULL."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        options: dict[str, Any] = {}
+        if path is not None and os.path.exists(path):
+            # The database exists: if its file vanishes later, a new connection must fail rather
+            # than create an empty database in its place (which the writer would then find).
+            options["creator"] = lambda: sqlite3.connect(
+                _sqlite_uri(path), uri=True, check_same_thread=False, timeout=30
+            )
         engine = sa.create_engine(
-            parsed, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=True,
+            **options,
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -101,7 +115,16 @@ def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=10,
-        connect_args={"connect_timeout": 5, "options": "-c statement_timeout=30000"},
+        connect_args={
+            "connect_timeout": 5,
+            "options": "-c statement_timeout=30000",
+            # A dead link (no RST) must not hang the writer for the kernel's TCP timeout.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15000,
+        },
     )
 
 
@@ -113,6 +136,11 @@ def sqlite_path(url: str | URL) -> str | None:
     if database in ("", ":memory:"):
         return None
     return os.path.abspath(database)
+
+
+def _sqlite_uri(path: str) -> str:
+    """An existing database, opened read-write, never created (``?``, ``#``, ``%`` escaped)."""
+    return f"file:{quote(path)}?mode=rw"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -150,9 +178,7 @@ class Store:
 
         def connect() -> sqlite3.Connection:
             # mode=rw: never create a fresh empty file where the database vanished.
-            return sqlite3.connect(
-                f"file:{path}?mode=rw", uri=True, check_same_thread=False, timeout=30
-            )
+            return sqlite3.connect(_sqlite_uri(path), uri=True, check_same_thread=False, timeout=30)
 
         engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.StaticPool)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -182,6 +208,11 @@ class Store:
             raise StoreUnavailable(f"database file {self._sqlite_path}: {exc.strerror}") from None
         if not st.st_mode & 0o222:
             raise StoreUnavailable(f"database file {self._sqlite_path} is read-only")
+        # access() also sees what the mode bits do not: an immutable file (chattr +i, even for
+        # root) or a read-only mount. Without it a SELECT-only ping passes while writes fail.
+        for path in (self._sqlite_path, self._sqlite_path + "-wal"):
+            if not os.access(path, os.W_OK) and os.path.exists(path):
+                raise StoreUnavailable(f"database file {path} is not writable")
         return (st.st_dev, st.st_ino)
 
     def _connection(self) -> Connection:
@@ -215,34 +246,43 @@ class Store:
         with self._transaction() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    def write_batch(self, items: Sequence[IncomingDelivery]) -> list[WriteOutcome]:
+    def write_batch(
+        self, items: Sequence[IncomingDelivery]
+    ) -> list[WriteOutcome | StoreUnavailable]:
         """Store ``items`` in one transaction; outcomes in the same order.
 
-        If the batch fails for a reason other than the store being unreachable (which should not
-        happen; input is validated before it gets here), each item is retried alone so that one
-        bad row cannot take its neighbours down with it.
+        Raises StoreUnavailable when the store cannot be reached. If the batch fails for another
+        reason (which should not happen; input is validated before it gets here), each item is
+        retried alone so that one bad row cannot take its neighbours down with it: an item the
+        store refuses on its own gets a StoreUnavailable in place of its outcome.
         """
         try:
             with self._transaction() as conn:
-                return self._write(conn, items)
+                return list(self._write(conn, items))
         except sa.exc.DBAPIError as exc:
             if len(items) == 1:
                 log.error("store refused a delivery: %s", _brief(exc))
-                raise StoreUnavailable("the store refused this delivery") from exc
+                return [StoreUnavailable("the store refused this delivery")]
             log.warning("batch of %d failed (%s); retrying one by one", len(items), _brief(exc))
-        outcomes: list[WriteOutcome] = []
+        outcomes: list[WriteOutcome | StoreUnavailable] = []
         for item in items:
             outcomes.extend(self.write_batch([item]))
         return outcomes
 
     def _write(self, conn: Connection, items: Sequence[IncomingDelivery]) -> list[WriteOutcome]:
         if self.dialect == "postgresql":
+            # Ids in commit order: replicas take turns (the lock lasts until this transaction
+            # commits), so every id a reader can see is below every id still uncommitted, and
+            # keyset pages (receiver.queries) never skip an event that commits late.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": COMMIT_ORDER_LOCK})
             items = [_pg_safe(item) for item in items]
         first: dict[str, int] = {}
         for index, item in enumerate(items):
             first.setdefault(item.dedup_key, index)
         originals = [items[i] for i in sorted(first.values())]
-        rows = [_delivery_row(item) for item in originals]
+        # Inserted in key order: two writers (replicas) inserting overlapping keys then wait for
+        # each other in one direction only, instead of deadlocking (PostgreSQL aborts one of them).
+        rows = [_delivery_row(item) for item in sorted(originals, key=lambda i: i.dedup_key)]
         inserted: dict[str, int] = {
             key: delivery_id
             for delivery_id, key in conn.execute(self._insert_deliveries, rows).all()
@@ -316,7 +356,8 @@ def _delivery_row(item: IncomingDelivery) -> dict[str, Any]:
         "body_size": len(item.body),
         "headers": item.headers,
         "query": [list(pair) for pair in item.query],
-        "remote_addr": item.remote_addr,
+        # From X-Forwarded-For when a trusted proxy sets it: any length, the column holds 64.
+        "remote_addr": item.remote_addr[:64] if item.remote_addr else item.remote_addr,
         "error": item.error[:500] if item.error else None,
     }
 
@@ -354,12 +395,27 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _pg_safe(item: IncomingDelivery) -> IncomingDelivery:
-    """PostgreSQL text and JSONB cannot hold U+0000; the raw body (bytea) keeps the exact bytes."""
-    suspicious = b"\\u0000" in item.body or any("\x00" in k + v for k, v in item.query)
-    if not suspicious:
-        return item
+    """PostgreSQL text and JSONB cannot hold U+0000; the raw body (bytea) keeps the exact bytes.
+
+    The decoded values are searched, not the body's bytes: JSON can spell U+0000 without the
+    bytes ``\\u0000`` (an escaped backslash and an escaped "u" inside the message string)."""
     event = item.event
+    values: list[Any] = [item.query, item.headers, item.error]
+    if event is not None:
+        values += [event.event_type, event.room_id, event.job_id, event.message, event.extra]
+    if not _has_nul(values):
+        return item
     if event is not None:
         event = replace(
             event,
@@ -369,7 +425,14 @@ def _pg_safe(item: IncomingDelivery) -> IncomingDelivery:
             message=_no_nul(event.message),
             extra=_no_nul(event.extra),
         )
-    return replace(item, event=event, query=_no_nul(item.query), dedup_key=item.dedup_key)
+    return replace(
+        item,
+        event=event,
+        query=_no_nul(item.query),
+        headers=_no_nul(item.headers),
+        error=_no_nul(item.error),
+        dedup_key=item.dedup_key,
+    )
 
 
 def _brief(exc: BaseException) -> str:
@@ -397,6 +460,8 @@ class GroupCommitWriter:
         self.last_error_at: float | None = None
         self.batches = 0
         self.batch_sizes: list[int] = []
+        # Called on the event loop after each committed batch (metrics).
+        self.on_batch: Callable[[Sequence[WriteOutcome | StoreUnavailable]], None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
@@ -413,9 +478,15 @@ class GroupCommitWriter:
     async def ping(self) -> None:
         """Raises StoreUnavailable unless the store answers (on the writer's own thread)."""
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(
-            loop.run_in_executor(self._executor, self.store.ping), timeout=self.timeout
-        )
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self.store.ping), timeout=self.timeout
+            )
+        except TimeoutError:
+            # A bare TimeoutError would reach the routes as an unexpected error (a 500).
+            raise StoreUnavailable(
+                f"the store did not answer within {self.timeout:g} seconds"
+            ) from None
 
     async def write(self, item: IncomingDelivery) -> WriteOutcome:
         if self._closing:
@@ -457,8 +528,14 @@ class GroupCommitWriter:
                 self.batch_sizes.append(len(batch))
                 if len(self.batch_sizes) > 10000:
                     del self.batch_sizes[:5000]
+                if self.on_batch is not None:
+                    self.on_batch(outcomes)
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(outcome, StoreUnavailable):
+                        future.set_exception(outcome)
+                    else:
                         future.set_result(outcome)
             if self._closing:
                 return

@@ -1,0 +1,43 @@
+"""``metastudio-receiver serve``, exactly, plus a note of the group-commit batch sizes at shutdown.
+
+    BENCH_BATCH_STATS=/tmp/batches.json .venv/bin/python bench/serve_receiver.py serve --config ...
+
+Runs ``receiver.cli.main`` unchanged. The only addition is a wrapper around
+``GroupCommitWriter.stop`` (called once, in the app's lifespan shutdown) that writes the writer's
+``batches`` and ``batch_sizes`` to the JSON file named by ``BENCH_BATCH_STATS``; nothing on the
+request path changes. If the writer no longer has those attributes, nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from receiver import store
+from receiver.cli import main
+
+
+def _record_batches_at_stop(path: str) -> None:
+    original = getattr(store.GroupCommitWriter, "stop", None)
+    if original is None:
+        return
+
+    async def stop(self: Any) -> None:
+        try:
+            await original(self)
+        finally:
+            sizes = getattr(self, "batch_sizes", None)
+            if sizes is not None:
+                stats = {"batches": getattr(self, "batches", len(sizes)), "sizes": list(sizes)}
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump(stats, handle)
+
+    store.GroupCommitWriter.stop = stop  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    if target := os.environ.get("BENCH_BATCH_STATS"):
+        _record_batches_at_stop(target)
+    sys.exit(main())
