@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -19,7 +19,10 @@ from receiver import api_v1
 from receiver.errors import (
     ApiUnauthorized,
     BodyTooLarge,
+    ClientGone,
     DecodeError,
+    MetaStudioError,
+    NotConfigured,
     NotFound,
     QueryError,
     ReceiverError,
@@ -45,7 +48,10 @@ _STATUS: list[tuple[type[ReceiverError], int]] = [
     (QueryError, 400),
     (UnknownEndpoint, 404),
     (NotFound, 404),
+    (NotConfigured, 409),
+    (MetaStudioError, 502),
     (BodyTooLarge, 413),
+    (ClientGone, 400),
     (StoreUnavailable, 503),
 ]
 _HTTP_CODES = {
@@ -64,17 +70,28 @@ def runtime(request: Request) -> Runtime:
     return value
 
 
+def declared_length(request: Request) -> int | None:
+    """Content-Length as a number, if it is one (ASCII digits; absurd lengths count as huge)."""
+    declared = request.headers.get("content-length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    return int(declared) if len(declared) <= 18 else 10**18
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise BodyTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected before the whole body arrived") from None
     return b"".join(chunks)
 
 
@@ -103,26 +120,25 @@ async def callback(request: Request) -> Response:
             on_verified=metrics.clock_skew.observe,
         )
     except StoreUnavailable:
-        metrics.deliveries.labels(name[:64], "unavailable").inc()
+        metrics.delivered(name[:64], "unavailable")
         raise
     except UndecodableStored as exc:
-        metrics.deliveries.labels(name, "undecodable").inc()
+        metrics.delivered(name, "undecodable")
         rt.rejections.record(exc=exc, endpoint=name, remote_addr=remote, body=body, now=now)
         metrics.rejections.labels("undecodable").inc()
         raise
     except ReceiverError as exc:
         known = name if name in rt.endpoints else "(unknown)"
-        metrics.deliveries.labels(known, "rejected").inc()
+        metrics.delivered(known, "rejected")
         size = len(body)
         if isinstance(exc, BodyTooLarge):
-            declared = request.headers.get("content-length", "")
-            size = int(declared) if declared.isdigit() else rt.settings.max_body_bytes + 1
+            size = declared_length(request) or rt.settings.max_body_bytes + 1
         reason = rt.rejections.record(
             exc=exc, endpoint=name, remote_addr=remote, body=body, body_size=size, now=now
         )
         metrics.rejections.labels(reason).inc()
         raise
-    metrics.deliveries.labels(name, receipt.result).inc()
+    metrics.delivered(name, receipt.result)
     metrics.intake_seconds.observe(time.perf_counter() - started)
     return JSON(
         {"result": receipt.result, "delivery_id": receipt.delivery_id, "event_id": receipt.event_id}

@@ -7,13 +7,20 @@ import hmac
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import queries
-from receiver.errors import ApiUnauthorized, NotFound, QueryError, StoreUnavailable
+from receiver.errors import (
+    ApiUnauthorized,
+    NotConfigured,
+    NotFound,
+    QueryError,
+    StoreUnavailable,
+)
 from receiver.responses import JSON
 
 if TYPE_CHECKING:
@@ -60,6 +67,7 @@ _KNOWN_PARAMS = {
     "deliveries": {"status", "endpoint", "since", "until", "limit", "cursor"},
     "rejections": {"endpoint", "reason", "since", "limit", "cursor"},
     "job": {"limit", "cursor"},
+    "findings": {"room_id", "job_id", "kind", "status", "limit", "cursor"},
 }
 
 
@@ -97,7 +105,7 @@ async def list_events(request: Request) -> Response:
 async def get_event(request: Request) -> Response:
     rt = authorize(request)
     raw = request.path_params["event_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit(), but int() refuses
         raise QueryError("event id: must be a whole number")
     event = await _read(rt, lambda conn: queries.get_event(conn, int(raw)))
     if event is None:
@@ -149,10 +157,48 @@ async def list_rejections(request: Request) -> Response:
     return JSON({"rejections": page.items, "next_cursor": page.next_cursor})
 
 
+async def list_findings(request: Request) -> Response:
+    rt = authorize(request)
+    p = _params(request, "findings")
+    kwargs: dict[str, Any] = {
+        "room_id": queries.parse_text("room_id", p.get("room_id")),
+        "job_id": queries.parse_text("job_id", p.get("job_id")),
+        "kind": queries.parse_text("kind", p.get("kind")),
+        "status": p.get("status", "all"),
+        "limit": queries.parse_limit(p.get("limit")),
+        "cursor": p.get("cursor"),
+    }
+    page = await _read(rt, lambda conn: queries.list_findings(conn, **kwargs))
+    return JSON({"findings": page.items, "next_cursor": page.next_cursor})
+
+
+async def run_crosscheck(request: Request) -> Response:
+    rt = authorize(request)
+    if rt.crosschecker is None:
+        raise NotConfigured("cross-checking needs a [metastudio] section in the config")
+    body = await request.body()
+    room_id = None
+    if body.strip():
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise QueryError('body: must be a JSON object like {"room_id": "..."}') from None
+        if not isinstance(payload, dict) or set(payload) - {"room_id"}:
+            raise QueryError("body: the only field is room_id")
+        value = payload.get("room_id")
+        if value is not None and not isinstance(value, str):
+            raise QueryError("room_id: must be a string")
+        room_id = queries.parse_text("room_id", value)
+    report = await rt.crosschecker.run(room_id=room_id)
+    return JSON(report.as_json())
+
+
 routes = [
     Route("/v1/events", list_events, methods=["GET"]),
     Route("/v1/events/{event_id}", get_event, methods=["GET"]),
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/deliveries", list_deliveries, methods=["GET"]),
     Route("/v1/rejections", list_rejections, methods=["GET"]),
+    Route("/v1/findings", list_findings, methods=["GET"]),
+    Route("/v1/crosscheck", run_crosscheck, methods=["POST"]),
 ]

@@ -73,6 +73,63 @@ def cmd_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_fake_metastudio(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from receiver.testing import fake_metastudio as fake
+
+    def pick(flag: str | None, variable: str, default: str) -> str:
+        return flag or environ.get(variable) or default
+
+    project_id = pick(args.project_id, "FAKE_METASTUDIO_PROJECT_ID", fake.DEFAULT_PROJECT_ID)
+    ak = pick(args.ak, "FAKE_METASTUDIO_AK", fake.DEFAULT_AK)
+    sk = pick(args.sk, "FAKE_METASTUDIO_SK", fake.DEFAULT_SK)
+    token = pick(args.token, "FAKE_METASTUDIO_TOKEN", fake.DEFAULT_TOKEN)
+    base = f"http://{args.host}:{args.port}"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # These are the fake's own made-up credentials (a local test double), not real secrets.
+    print(f"fake MetaStudio on {base} (a local test double: do not expose it)")
+    print(f"  project id: {project_id}")
+    print(f"  AK: {ak}")
+    print(f"  SK: {sk}")
+    print(f"  token (X-Auth-Token): {token}")
+    print(f"  jobs: GET {base}/v1/{project_id}/smart-live-rooms/{{room_id}}/smart-live-jobs")
+    print("  admin: PUT/PATCH/DELETE /_fake/jobs/{job_id}, POST /_fake/mode, GET /_fake/requests")
+    print(f'  receiver config: [metastudio] endpoint = "{base}", project_id = "{project_id}"')
+    print(f"  receiver env: HUAWEICLOUD_SDK_AK={ak} HUAWEICLOUD_SDK_SK={sk}", flush=True)
+    fake.run_fake(
+        host=args.host,
+        port=args.port,
+        jobs_file=args.jobs,
+        project_id=project_id,
+        tokens=[token],
+        ak=ak,
+        sk=sk,
+    )
+    return 0
+
+
+def cmd_crosscheck(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import asyncio
+    import json
+
+    from receiver.app import build_crosschecker
+    from receiver.store import create_engine_for
+
+    settings = _settings(args, environ)
+    setup_logging(settings)
+    if settings.metastudio is None:
+        print("metastudio-receiver: cross-checking needs a [metastudio] section", file=sys.stderr)
+        return 2
+    engine = create_engine_for(settings.database_url)
+    checker, source = build_crosschecker(settings, engine)
+    try:
+        report = asyncio.run(checker.run(room_id=args.room_id))
+    finally:
+        source.close()
+        engine.dispose()
+    print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    return 1 if report.rooms_failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metastudio-receiver",
@@ -91,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
     migrate = with_config(commands.add_parser("migrate", help="apply database migrations"))
     migrate.set_defaults(run=cmd_migrate)
+    fake_ms = commands.add_parser(
+        "fake-metastudio", help="serve a local fake of MetaStudio's job query API"
+    )
+    fake_ms.add_argument("--host", default="127.0.0.1")
+    fake_ms.add_argument("--port", type=int, default=8090)
+    fake_ms.add_argument("--jobs", metavar="FILE", help="JSON file: a list of SmartLiveJob objects")
+    fake_ms.add_argument(
+        "--project-id", help="default: env FAKE_METASTUDIO_PROJECT_ID or a demo id"
+    )
+    fake_ms.add_argument("--ak", help="default: env FAKE_METASTUDIO_AK, else a demo AK")
+    fake_ms.add_argument("--sk", help="default: env FAKE_METASTUDIO_SK, else a demo SK")
+    fake_ms.add_argument("--token", help="default: env FAKE_METASTUDIO_TOKEN, else a demo token")
+    fake_ms.set_defaults(run=cmd_fake_metastudio)
+    check = with_config(
+        commands.add_parser("crosscheck", help="cross-check events with MetaStudio")
+    )
+    check.add_argument("--room-id", help="only this room (default: every room events came from)")
+    check.set_defaults(run=cmd_crosscheck)
+    from receiver import cli_events
+
+    cli_events.register(commands)
     return parser
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from receiver.errors import ConfigError
 from receiver.signing import AuthType, SignedUri, TimeUnit, VerifyPolicy
@@ -31,16 +31,19 @@ MAX_KEY_LENGTH = 32
 @dataclass(frozen=True, slots=True)
 class EndpointSettings:
     name: str
-    registered_url: str
+    # Not in repr: for auth_type NONE its query string is the credential.
+    registered_url: str = field(repr=False)
     auth_type: AuthType
     keys: tuple[str, ...] = field(default=(), repr=False)
     tolerance_seconds: float = 300.0
     signed_uri: SignedUri = SignedUri.HOST_PATH_QUERY
     time_unit: TimeUnit = TimeUnit.AUTO
     allow_unauthenticated: bool = False
+    # Built once (every callback needs it): see policy().
+    _policy: VerifyPolicy | None = field(default=None, init=False, repr=False, compare=False)
 
-    def policy(self) -> VerifyPolicy:
-        return VerifyPolicy(
+    def __post_init__(self) -> None:
+        policy = VerifyPolicy(
             auth_type=self.auth_type,
             registered_url=self.registered_url,
             keys=self.keys,
@@ -49,13 +52,19 @@ class EndpointSettings:
             time_unit=self.time_unit,
             allow_unauthenticated=self.allow_unauthenticated,
         )
+        object.__setattr__(self, "_policy", policy)
+
+    def policy(self) -> VerifyPolicy:
+        assert self._policy is not None
+        return self._policy
 
     def credential_params(self) -> frozenset[str]:
         """Query parameter names that are credentials for this endpoint (never stored or logged)."""
         names = {"hwSecret"}
         if self.auth_type is AuthType.NONE:
             query = urlsplit(self.registered_url).query
-            names.update(piece.split("=", 1)[0] for piece in query.split("&") if piece)
+            # Decoded, as the request's query is when it is compared and stored.
+            names.update(name for name, _ in parse_qsl(query, keep_blank_values=True))
         return frozenset(names)
 
 
@@ -67,6 +76,17 @@ class MetaStudioSettings:
     sk_env: str = "HUAWEICLOUD_SDK_SK"
     token_env: str | None = None
     crosscheck_interval_seconds: float = 60.0
+    # Events up to this long outside a job's start/end time are not flagged (clocks differ).
+    window_skew_seconds: float = 120.0
+    # How long a stream/job state disagreement may last before it becomes a finding.
+    grace_seconds: float = 300.0
+    # Answers of the job query API are reused for this long (a burst of callbacks is one call).
+    cache_seconds: float = 10.0
+    timeout_seconds: float = 10.0
+    # Resolved from the environment at load time (never from the file).
+    ak: str | None = field(default=None, repr=False)
+    sk: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +144,10 @@ _METASTUDIO_KEYS = {
     "sk_env",
     "token_env",
     "crosscheck_interval_seconds",
+    "window_skew_seconds",
+    "grace_seconds",
+    "cache_seconds",
+    "timeout_seconds",
 }
 
 
@@ -164,7 +188,7 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
             raise ConfigError(f"endpoints[{index}].name: {endpoint.name!r} is used twice")
         seen.add(endpoint.name)
     metastudio_raw = data.get("metastudio")
-    metastudio = None if metastudio_raw is None else _metastudio(metastudio_raw)
+    metastudio = None if metastudio_raw is None else _metastudio(metastudio_raw, environ)
     log_format = _opt_str(data, "log_format", "text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"log_format: must be 'text' or 'json', not {log_format!r}")
@@ -196,7 +220,7 @@ def _endpoint(raw: object, environ: Mapping[str, str], *, prefix: str) -> Endpoi
             "(it is a path segment of /callbacks/{name})"
         )
     registered_url = _req_str(raw, "registered_url", prefix)
-    parts = urlsplit(registered_url)
+    parts = _split_url(registered_url, f"{prefix}registered_url")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{prefix}registered_url: must be the absolute http(s) URL registered as "
@@ -253,28 +277,61 @@ def _endpoint(raw: object, environ: Mapping[str, str], *, prefix: str) -> Endpoi
     )
 
 
-def _metastudio(raw: object) -> MetaStudioSettings:
+def _metastudio(raw: object, environ: Mapping[str, str]) -> MetaStudioSettings:
     prefix = "metastudio."
     if not isinstance(raw, Mapping):
         raise ConfigError("metastudio: must be a table")
     _no_unknown_keys(raw, _METASTUDIO_KEYS, prefix=prefix)
     endpoint = _req_str(raw, "endpoint", prefix)
-    parts = urlsplit(endpoint)
+    parts = _split_url(endpoint, "metastudio.endpoint")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"metastudio.endpoint: must be an http(s) URL, not {endpoint!r}")
     token_env = raw.get("token_env")
     if token_env is not None and not isinstance(token_env, str):
         raise ConfigError("metastudio.token_env: must be the name of an environment variable")
+    ak_env = _opt_str(raw, "ak_env", "HUAWEICLOUD_SDK_AK", prefix)
+    sk_env = _opt_str(raw, "sk_env", "HUAWEICLOUD_SDK_SK", prefix)
+    ak = sk = token = None
+    if token_env is not None:
+        token = environ.get(token_env) or None
+        if token is None:
+            raise ConfigError(f"metastudio.token_env: environment variable {token_env} is not set")
+    else:
+        ak, sk = environ.get(ak_env) or None, environ.get(sk_env) or None
+        for key, variable, value in (("ak_env", ak_env, ak), ("sk_env", sk_env, sk)):
+            if value is None:
+                raise ConfigError(
+                    f"metastudio.{key}: environment variable {variable} is not set "
+                    "(AK/SK come from the environment, never from the file)"
+                )
     return MetaStudioSettings(
         endpoint=endpoint.rstrip("/"),
         project_id=_req_str(raw, "project_id", prefix),
-        ak_env=_opt_str(raw, "ak_env", "HUAWEICLOUD_SDK_AK", prefix),
-        sk_env=_opt_str(raw, "sk_env", "HUAWEICLOUD_SDK_SK", prefix),
+        ak_env=ak_env,
+        sk_env=sk_env,
         token_env=token_env,
+        ak=ak,
+        sk=sk,
+        token=token,
         crosscheck_interval_seconds=_number(
             raw, "crosscheck_interval_seconds", 60.0, low=0, high=86400, prefix=prefix
         ),
+        window_skew_seconds=_number(
+            raw, "window_skew_seconds", 120.0, low=0, high=86400, prefix=prefix
+        ),
+        grace_seconds=_number(raw, "grace_seconds", 300.0, low=0, high=86400, prefix=prefix),
+        cache_seconds=_number(raw, "cache_seconds", 10.0, low=0, high=3600, prefix=prefix),
+        timeout_seconds=_number(raw, "timeout_seconds", 10.0, low=0.1, high=300, prefix=prefix),
     )
+
+
+def _split_url(url: str, key: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a non-numeric or out-of-range port raises here
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {url!r} is not a valid URL ({exc})") from None
+    return parts
 
 
 def _check_database_url(url: str) -> str:

@@ -11,11 +11,17 @@
     │   └── UndecodableStored        ... which was verified and kept as "undecodable" (400)
     ├── IntakeError              refusals before verification
     │   ├── UnknownEndpoint          no endpoint of that name (404)
-    │   └── BodyTooLarge             body over max_body_bytes (413)
+    │   ├── BodyTooLarge             body over max_body_bytes (413)
+    │   └── ClientGone               the client left before its body arrived (400, to no one)
     ├── StoreUnavailable         the store could not commit or answer (503)
     ├── QueryError               a bad query parameter (400)
     ├── ApiUnauthorized          /v1 without a valid bearer token (401)
-    └── NotFound                 no such event or job (404)
+    ├── NotFound                 no such event or job (404)
+    ├── NotConfigured            a feature whose config section is absent (409)
+    └── MetaStudioError          MetaStudio's job query API did not give an answer
+        ├── MetaStudioBadRequest     400 (MSS.00000003): it refused the query
+        ├── MetaStudioAuthError      401/403 (MSS.00000001): it refused our credentials
+        └── MetaStudioUnavailable    500s, time-outs, unreachable, after bounded retries
 
 Only ``receiver.api`` turns these into HTTP answers (``{"error_code", "error_msg"}``).
 """
@@ -86,6 +92,10 @@ class BodyTooLarge(IntakeError):
     code = "RCV.BODY_TOO_LARGE"
 
 
+class ClientGone(IntakeError):
+    code = "RCV.CLIENT_DISCONNECTED"
+
+
 class StoreUnavailable(ReceiverError):
     code = "RCV.STORE_UNAVAILABLE"
 
@@ -100,3 +110,23 @@ class ApiUnauthorized(ReceiverError):
 
 class NotFound(ReceiverError):
     code = "RCV.NOT_FOUND"
+
+
+class NotConfigured(ReceiverError):
+    code = "RCV.NOT_CONFIGURED"
+
+
+class MetaStudioError(ReceiverError):
+    code = "RCV.METASTUDIO_ERROR"
+
+
+class MetaStudioBadRequest(MetaStudioError):
+    code = "RCV.METASTUDIO_BAD_REQUEST"
+
+
+class MetaStudioAuthError(MetaStudioError):
+    code = "RCV.METASTUDIO_UNAUTHORIZED"
+
+
+class MetaStudioUnavailable(MetaStudioError):
+    code = "RCV.METASTUDIO_UNAVAILABLE"

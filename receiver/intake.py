@@ -93,12 +93,19 @@ async def receive(
     return Receipt(outcome.result, outcome.delivery_id, outcome.event_id)
 
 
+_KEPT = frozenset(KEPT_HEADERS)
+
+
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = {}
-    for name in KEPT_HEADERS:
-        value = headers.get(name)
-        if value is not None:
-            kept[name] = value[:MAX_HEADER_VALUE]
+    """The KEPT_HEADERS present (one pass over the request's headers; the first of repeats)."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return {n: headers[n][:MAX_HEADER_VALUE] for n in KEPT_HEADERS if n in headers}
+    kept: dict[str, str] = {}
+    for name_bytes, value_bytes in raw:
+        name = name_bytes.decode("latin-1").lower()
+        if name in _KEPT and name not in kept:
+            kept[name] = value_bytes.decode("latin-1")[:MAX_HEADER_VALUE]
     return kept
 
 

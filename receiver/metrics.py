@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -52,6 +55,24 @@ class Metrics:
             "receiver_store_up", "1 when the last store operation succeeded.", registry=r
         )
         self.store_up.set(1)
+        self._delivered: dict[tuple[str, str], Any] = {}
+
+    def delivered(self, endpoint: str, result: str) -> None:
+        """Count one answered callback (label children cached: this runs for every request)."""
+        child = self._delivered.get((endpoint, result))
+        if child is None:
+            child = self._delivered[(endpoint, result)] = self.deliveries.labels(endpoint, result)
+        child.inc()
+
+    def observe_batch(self, outcomes: Sequence[object]) -> None:
+        self.batch_size.observe(len(outcomes))
+        stored = sum(
+            1
+            for o in outcomes
+            if getattr(o, "result", None) == "stored" and getattr(o, "event_id", None) is not None
+        )
+        if stored:
+            self.events_stored.inc(stored)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

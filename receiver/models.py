@@ -148,4 +148,52 @@ class Rejection(SQLModel, table=True):
     )
 
 
+class JobSnapshot(SQLModel, table=True):
+    """A live job as MetaStudio's job query API returned it (every field, kept as returned).
+
+    A new row is written when the job's data changes; an unchanged job only moves ``fetched_at``.
+    """
+
+    __tablename__ = "job_snapshots"
+    __table_args__ = (
+        sa.Index("ix_job_snapshots_job_id_id", "job_id", "id"),
+        sa.Index("ix_job_snapshots_room_id_id", "room_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    job_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    data_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    first_fetched_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    fetched_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class Finding(SQLModel, table=True):
+    """One condition the cross-check found, kept once (``fingerprint`` is unique): seen first and
+    last at, how often, and resolved when the condition cleared (reopened if it comes back)."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        sa.Index("ix_findings_job_id_id", "job_id", "id"),
+        sa.Index("ix_findings_room_id_id", "room_id", "id"),
+        sa.Index("ix_findings_kind_id", "kind", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    fingerprint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    kind: str = Field(sa_column=sa.Column(sa.String(48), nullable=False))
+    room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
+    detail: str = Field(sa_column=sa.Column(sa.String(1000), nullable=False))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    first_seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    resolved_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    occurrences: int = Field(default=1, sa_column=sa.Column(sa.Integer(), nullable=False))
+
+
 metadata = SQLModel.metadata

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,7 +36,7 @@ class RequestIdMiddleware:
                 text = value.decode("latin-1")
                 given = text if _PLAIN.match(text) else None
                 break
-        rid = given or uuid.uuid4().hex
+        rid = given or os.urandom(12).hex()
         token = request_id.set(rid)
         header = (b"x-request-id", rid.encode())
 

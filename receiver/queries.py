@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,20 +25,40 @@ from sqlalchemy.engine import Connection
 
 from receiver.errors import QueryError
 from receiver.events import EventType, mask_stream_key, masked_message
-from receiver.models import Delivery, DeliveryStatus, Event, Rejection
+from receiver.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, Rejection
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 REJECTIONS = Rejection.__table__  # type: ignore[attr-defined]
+FINDINGS = Finding.__table__  # type: ignore[attr-defined]
+SNAPSHOTS = JobSnapshot.__table__  # type: ignore[attr-defined]
+FINDING_STATUSES = ("open", "resolved", "all")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_FILTER_LENGTH = 256
 MAX_TIMELINE = 10000
+EXPORT_FORMAT = "metastudio-receiver/export/v1"
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_STREAM_KEY_TEXT = re.compile(rb'(stream_key\\*"\s*:\s*\\*")([^"\\]*)')
+
+
+def _json_source(text: str) -> bytes:
+    """A pattern for ``text`` as JSON source writes it: each character as itself or as a \\u
+    escape behind any number of backslashes (JSON text inside a JSON string doubles them)."""
+    parts = []
+    for char in text:
+        code = "".join(f"[{h}{h.upper()}]" for h in f"{ord(char):04x}")
+        parts.append(f"(?:{re.escape(char)}|\\\\+u{code})")
+    return "".join(parts).encode()
+
+
+# A stream_key's name, quote and colon, in a body or in JSON text inside one of its strings.
+_STREAM_KEY_TEXT = re.compile(
+    _json_source("stream_key") + rb'\\*"(?:\s|\\+[nrt])*:(?:\s|\\+[nrt])*'
+)
+_SAFE_TAIL = re.compile(r"[A-Za-z0-9_-]{4}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +73,8 @@ class Page:
 def parse_limit(value: str | None, *, default: int = DEFAULT_LIMIT, high: int = MAX_LIMIT) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= high:
+    # ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and "٣" (int() reads 3).
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) or not 1 <= int(value) <= high:
         raise QueryError(f"limit: must be a whole number from 1 to {high}, not {value[:40]!r}")
     return int(value)
 
@@ -142,15 +163,43 @@ def event_json(row: Any) -> dict[str, Any]:
 
 
 def masked_body_text(body: bytes | None) -> str | None:
-    """The raw body as text for people, with every stream_key value masked."""
+    """The raw body as text for people, with every stream_key value masked: at any depth of JSON
+    inside JSON strings, whatever it escapes, up to the end when the body is cut short."""
     if body is None:
         return None
+    out, done = bytearray(), 0
+    for match in _STREAM_KEY_TEXT.finditer(body):
+        if match.start() < done:
+            continue
+        start, end = _value_span(body, match.end())
+        out += body[done:start] + _masked_raw(body[start:end])
+        done = end
+    return bytes(out + body[done:]).decode("utf-8", "replace")
 
-    def mask(match: re.Match[bytes]) -> bytes:
-        masked = mask_stream_key(match.group(2).decode("utf-8", "replace")) or ""
-        return match.group(1) + masked.encode()
 
-    return _STREAM_KEY_TEXT.sub(mask, body).decode("utf-8", "replace")
+def _value_span(body: bytes, at: int) -> tuple[int, int]:
+    """Where the value starting at ``at`` is, without its quotes. A string opened by a quote after
+    k backslashes (k = 0, 1, 3, ... for each level of JSON in a string) is closed by the first
+    quote after a run of r backslashes with r % (2k + 2) == k; other runs escape the quote."""
+    k = len(body[at:]) - len(body[at:].lstrip(b"\\"))
+    if body[at + k : at + k + 1] != b'"':  # not a string: a number, true, ...
+        end = at
+        while end < len(body) and body[end : end + 1] not in b',}]" \t\r\n\\':
+            end += 1
+        return at, end
+    start = at + k + 1
+    for quote in re.finditer(rb'(\\*)"', body[start:]):
+        run = len(quote.group(1))
+        if run % (2 * k + 2) == k:
+            return start, start + quote.end() - 1 - k
+    return start, len(body)
+
+
+def _masked_raw(raw: bytes) -> bytes:
+    # The last characters are shown (as mask_stream_key does) only when they are plainly written.
+    masked = mask_stream_key(raw.decode("utf-8", "replace")) or ""
+    plain = b"\\" not in raw and _SAFE_TAIL.fullmatch(masked[4:])
+    return masked.encode() if plain else b"****"
 
 
 def delivery_json(row: Any) -> dict[str, Any]:
@@ -187,6 +236,42 @@ def rejection_json(row: Any) -> dict[str, Any]:
         "body_size": row.body_size,
         "body_sha256": row.body_sha256,
         "body_prefix": row.body_prefix,
+        # How many refusals over the log's rate limit were left out just before this one.
+        "suppressed_before": row.suppressed_before,
+    }
+
+
+def finding_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "status": "open" if row.resolved_at is None else "resolved",
+        "room_id": row.room_id,
+        "job_id": row.job_id,
+        "endpoint": row.endpoint,
+        "event_id": row.event_id,
+        "detail": row.detail,
+        "data": row.data,
+        "first_seen_at": _iso(row.first_seen_at),
+        "last_seen_at": _iso(row.last_seen_at),
+        "resolved_at": _iso(row.resolved_at),
+        "occurrences": row.occurrences,
+    }
+
+
+def snapshot_json(row: Any) -> dict[str, Any]:
+    data = dict(row.data)
+    config = data.get("live_event_callback_config")
+    if isinstance(config, dict) and config.get("key"):
+        # The callback key is the endpoint's signing secret: never shown.
+        data["live_event_callback_config"] = {**config, "key": "****"}
+    return {
+        "job_id": row.job_id,
+        "room_id": row.room_id,
+        "state": row.state,
+        "fetched_at": _iso(row.fetched_at),
+        "first_fetched_at": _iso(row.first_fetched_at),
+        "job": data,
     }
 
 
@@ -233,7 +318,30 @@ def list_events(
         "until": until,
     }
     after = decode_cursor(cursor, filters)
-    query = sa.select(EVENTS)
+    query = _filtered_events(
+        sa.select(EVENTS),
+        endpoint=endpoint,
+        room_id=room_id,
+        job_id=job_id,
+        event_types=event_types,
+        since=since,
+        until=until,
+    )
+    return _page(
+        conn, query, EVENTS.c.id, limit=limit, after=after, filters=filters, render=event_json
+    )
+
+
+def _filtered_events(
+    query: sa.Select[Any],
+    *,
+    endpoint: str | None,
+    room_id: str | None,
+    job_id: str | None,
+    event_types: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> sa.Select[Any]:
     if endpoint is not None:
         query = query.where(EVENTS.c.endpoint == endpoint)
     if room_id is not None:
@@ -246,9 +354,7 @@ def list_events(
         query = query.where(EVENTS.c.received_at >= since)
     if until is not None:
         query = query.where(EVENTS.c.received_at <= until)
-    return _page(
-        conn, query, EVENTS.c.id, limit=limit, after=after, filters=filters, render=event_json
-    )
+    return query
 
 
 def get_event(conn: Connection, event_id: int) -> dict[str, Any] | None:
@@ -327,9 +433,19 @@ def list_rejections(
 def job_view(
     conn: Connection, job_id: str, *, limit: int = MAX_TIMELINE, cursor: str | None = None
 ) -> dict[str, Any] | None:
-    """A job's timeline and what it implies. None when no event names the job."""
+    """A job's timeline, what it implies, MetaStudio's latest snapshot of it and its findings.
+    None when nothing names the job (no event, snapshot or finding)."""
     timeline = list_events(conn, job_id=job_id, limit=limit, cursor=cursor)
-    if not timeline.items and cursor is None:
+    # A job MetaStudio lists (a snapshot) or a finding names, e.g. one that FAILED before it sent
+    # a callback, has a view too: the finding's job_id must lead somewhere.
+    snapshot = latest_snapshot(conn, job_id)
+    findings = [
+        finding_json(row)
+        for row in conn.execute(
+            sa.select(FINDINGS).where(FINDINGS.c.job_id == job_id).order_by(FINDINGS.c.id)
+        )
+    ]
+    if not timeline.items and cursor is None and snapshot is None and not findings:
         return None
     by_job = EVENTS.c.job_id == job_id
     counts: dict[str, int] = dict(
@@ -347,6 +463,8 @@ def job_view(
     room = conn.execute(
         sa.select(EVENTS.c.room_id).where(by_job).order_by(EVENTS.c.id.desc()).limit(1)
     ).scalar()
+    if room is None:
+        room = snapshot["room_id"] if snapshot else findings[0]["room_id"] if findings else None
     return {
         "job_id": job_id,
         "room_id": room,
@@ -359,9 +477,55 @@ def job_view(
         "replies": _replies(conn, job_id),
         "timeline": timeline.items,
         "next_cursor": timeline.next_cursor,
-        "metastudio": None,
-        "findings": [],
+        "metastudio": snapshot,
+        "findings": findings,
     }
+
+
+def latest_snapshot(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        sa.select(SNAPSHOTS)
+        .where(SNAPSHOTS.c.job_id == job_id)
+        .order_by(SNAPSHOTS.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else snapshot_json(row)
+
+
+def list_findings(
+    conn: Connection,
+    *,
+    room_id: str | None = None,
+    job_id: str | None = None,
+    kind: str | None = None,
+    status: str = "all",
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page:
+    if status not in FINDING_STATUSES:
+        raise QueryError(f"status: must be one of {', '.join(FINDING_STATUSES)}")
+    filters = {"room_id": room_id, "job_id": job_id, "kind": kind, "status": status}
+    after = decode_cursor(cursor, filters)
+    query = sa.select(FINDINGS)
+    if room_id is not None:
+        query = query.where(FINDINGS.c.room_id == room_id)
+    if job_id is not None:
+        query = query.where(FINDINGS.c.job_id == job_id)
+    if kind is not None:
+        query = query.where(FINDINGS.c.kind == kind)
+    if status == "open":
+        query = query.where(FINDINGS.c.resolved_at.is_(None))
+    elif status == "resolved":
+        query = query.where(FINDINGS.c.resolved_at.is_not(None))
+    return _page(
+        conn,
+        query,
+        FINDINGS.c.id,
+        limit=limit,
+        after=after,
+        filters=filters,
+        render=finding_json,
+    )
 
 
 def _latest_of_type(conn: Connection, job_id: str, event_type: str, n: int) -> list[Any]:
@@ -453,3 +617,55 @@ def _replies(conn: Connection, job_id: str) -> dict[str, Any]:
             for row in recent
         ],
     }
+
+
+def export_events(
+    conn: Connection,
+    *,
+    endpoint: str | None = None,
+    room_id: str | None = None,
+    job_id: str | None = None,
+    event_types: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    chunk: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Every matching event with its delivery's original bytes (base64), oldest first.
+
+    This is the JSON Lines record of ``metastudio-receiver export``, read back by ``replay``. It
+    holds the raw body, stream key included: export files are as secret as the database.
+    """
+    base = _filtered_events(
+        sa.select(
+            *EVENTS.c, DELIVERIES.c.body, DELIVERIES.c.headers.label("delivery_headers")
+        ).select_from(EVENTS.join(DELIVERIES, DELIVERIES.c.id == EVENTS.c.delivery_id)),
+        endpoint=endpoint,
+        room_id=room_id,
+        job_id=job_id,
+        event_types=event_types,
+        since=since,
+        until=until,
+    )
+    after = 0
+    while True:
+        rows = conn.execute(base.where(EVENTS.c.id > after).order_by(EVENTS.c.id).limit(chunk))
+        count = 0
+        for row in rows:
+            count += 1
+            after = row.id
+            yield {
+                "format": EXPORT_FORMAT,
+                "event_id": row.id,
+                "delivery_id": row.delivery_id,
+                "endpoint": row.endpoint,
+                "event_type": row.event_type,
+                "room_id": row.room_id,
+                "job_id": row.job_id,
+                "received_at": _iso(row.received_at),
+                "signed_at": _iso(row.signed_at),
+                "message": row.message,
+                "body_b64": base64.b64encode(row.body or b"").decode(),
+                "headers": row.delivery_headers,
+            }
+        if count < chunk:
+            return

@@ -50,6 +50,14 @@ _REASONS: list[tuple[type[ReceiverError], str]] = [
 ]
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _text(value: str | None, limit: int) -> str:
+    """Bounded, and without U+0000 (which PostgreSQL text cannot hold)."""
+    return (value or "")[:limit].replace("\x00", "\ufffd")
+
+
 def reason_for(exc: ReceiverError) -> str:
     return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "refused")
 
@@ -113,19 +121,20 @@ class RejectionLog:
                 self.on_suppressed()
             return reason
         skew = getattr(exc, "skew_seconds", None)
+        size = len(body) if body_size is None else body_size
         self._queue.append(
             {
                 "received_at": datetime.fromtimestamp(now, UTC),
-                "endpoint": (endpoint or "")[:64] or None,
+                "endpoint": _text(endpoint, 64) or None,
                 "reason": reason,
                 "error_code": exc.code,
-                "detail": exc.message[:300],
-                "remote_addr": (remote_addr or "")[:64] or None,
+                "detail": _text(exc.message, 300),
+                "remote_addr": _text(remote_addr, 64) or None,
                 "clock_skew_seconds": skew,
-                "body_size": len(body) if body_size is None else body_size,
+                "body_size": min(size, _INT32_MAX),
                 "body_sha256": hashlib.sha256(body).hexdigest(),
-                "body_prefix": (masked_body_text(body[:PREFIX_BYTES]) or "")[:64],
-                "suppressed_before": self._suppressed,
+                "body_prefix": _text(masked_body_text(body[:PREFIX_BYTES]), 64),
+                "suppressed_before": min(self._suppressed, _INT32_MAX),
             }
         )
         self._suppressed = 0

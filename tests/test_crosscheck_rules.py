@@ -1,0 +1,160 @@
+"""The cross-check rules as pure functions of (events, jobs, now): no server, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from receiver import crosscheck as rules
+from receiver.config import EndpointSettings
+from receiver.signing import AuthType
+
+NOW = datetime(2024, 9, 10, 12, 0, tzinfo=UTC)
+URL = "https://hooks.example.com/callbacks/shop-a"
+ENDPOINTS = {
+    "shop-a": EndpointSettings(
+        name="shop-a", registered_url=URL, auth_type=AuthType.MSS_A, keys=("k",)
+    ),
+}
+ALL_TYPES = ["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH"]
+
+
+def job(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "job_id": "job-1",
+        "room_id": "room-1",
+        "state": "PROCESSING",
+        "start_time": "2024-09-10T10:00:00Z",
+        "end_time": None,
+        "live_event_callback_config": {
+            "live_event_type_callback_url": URL,
+            "auth_type": "MSS_A",
+            "key": "secret",
+            "callback_event_type": ALL_TYPES,
+        },
+    }
+    data.update(overrides)
+    return data
+
+
+def activity(**overrides: Any) -> rules.JobActivity:
+    data: dict[str, Any] = {
+        "job_id": "job-1",
+        "room_id": "room-1",
+        "endpoints": frozenset({"shop-a"}),
+        "event_count": 5,
+        "first_at": NOW - timedelta(hours=1),
+        "last_at": NOW - timedelta(minutes=1),
+        "first_event_id": 10,
+        "last_event_id": 14,
+        "rtmp_state": "CONNECTED",
+        "rtmp_at": NOW - timedelta(minutes=30),
+        "rtmp_event_id": 12,
+    }
+    data.update(overrides)
+    return rules.JobActivity(**data)
+
+
+def kinds(drafts: list[rules.Draft]) -> list[str]:
+    return sorted(d.kind for d in drafts)
+
+
+def evaluate(jobs: list[dict[str, Any]], acts: list[rules.JobActivity], **kw: Any) -> list[Any]:
+    return rules.evaluate_room(
+        room_id="room-1", jobs=jobs, activity=acts, endpoints=ENDPOINTS, now=NOW, **kw
+    )
+
+
+def test_a_healthy_job_gives_no_finding() -> None:
+    assert evaluate([job()], [activity()]) == []
+
+
+def test_event_for_a_job_metastudio_does_not_list() -> None:
+    drafts = evaluate([job(job_id="other")], [activity()])
+    assert kinds(drafts) == [rules.UNKNOWN_JOB]
+    assert drafts[0].job_id == "job-1" and drafts[0].event_id == 10
+    assert "room-1" in drafts[0].detail
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "flagged"),
+    [
+        (NOW - timedelta(hours=3), NOW - timedelta(minutes=1), True),  # before start - skew
+        (datetime(2024, 9, 10, 9, 59, tzinfo=UTC), NOW, False),  # within the 120 s skew
+        (datetime(2024, 9, 10, 9, 57, 59, tzinfo=UTC), NOW, True),  # just past it
+    ],
+)
+def test_events_outside_the_start_window(first: datetime, last: datetime, flagged: bool) -> None:
+    drafts = evaluate([job()], [activity(first_at=first, last_at=last)])
+    assert (rules.OUTSIDE_JOB_WINDOW in kinds(drafts)) is flagged
+
+
+def test_events_after_the_end_time_and_a_configurable_skew() -> None:
+    ended = job(state="SUCCEED", end_time="2024-09-10T11:00:00Z")
+    late = activity(last_at=datetime(2024, 9, 10, 11, 10, tzinfo=UTC), rtmp_state="END")
+    assert rules.OUTSIDE_JOB_WINDOW in kinds(evaluate([ended], [late]))
+    wide = rules.Policy(window_skew=timedelta(minutes=15))
+    assert rules.OUTSIDE_JOB_WINDOW not in kinds(evaluate([ended], [late], policy=wide))
+
+
+def test_stream_ended_but_job_still_running_after_grace() -> None:
+    recent_end = activity(rtmp_state="END", rtmp_at=NOW - timedelta(seconds=60))
+    assert evaluate([job()], [recent_end]) == []  # within the grace period
+    old_end = activity(rtmp_state="END", rtmp_at=NOW - timedelta(minutes=10))
+    drafts = evaluate([job(state="WAITING")], [old_end])
+    assert kinds(drafts) == [rules.STREAM_ENDED_JOB_RUNNING]
+    assert drafts[0].data["job_state"] == "WAITING"
+
+
+@pytest.mark.parametrize("state", ["SUCCEED", "FAILED", "BLOCKED"])
+def test_job_ended_but_stream_last_seen_connected(state: str) -> None:
+    ended = job(state=state, end_time="2024-09-10T11:00:00Z", block_reason="r")
+    drafts = evaluate([ended], [activity(last_at=datetime(2024, 9, 10, 10, 30, tzinfo=UTC))])
+    assert rules.JOB_ENDED_STREAM_CONNECTED in kinds(drafts)
+
+
+def test_failed_job_reports_its_error_info() -> None:
+    failed = job(state="FAILED", error_info={"error_code": "MSS.123", "error_msg": "boom"})
+    drafts = [d for d in evaluate([failed], []) if d.kind == rules.JOB_FAILED]
+    assert len(drafts) == 1 and "MSS.123" in drafts[0].detail and "boom" in drafts[0].detail
+
+
+def test_blocked_job_reports_its_block_reason() -> None:
+    drafts = evaluate([job(state="BLOCKED", block_reason="violation")], [])
+    assert kinds(drafts) == [rules.JOB_BLOCKED]
+    assert "violation" in drafts[0].detail
+
+
+def test_callback_config_pointing_elsewhere_other_auth_and_missing_types() -> None:
+    config = {
+        "live_event_type_callback_url": "https://other.example.com/cb?token=abc",
+        "auth_type": "MSS_A_HEAD",
+        "key": "secret",
+        "callback_event_type": ["RTMP_STREAM_STATE_CHANGE"],
+    }
+    drafts = evaluate([job(live_event_callback_config=config)], [activity()])
+    assert kinds(drafts) == sorted(
+        [rules.CALLBACK_URL_MISMATCH, rules.CALLBACK_AUTH_MISMATCH, rules.CALLBACK_EVENTS_MISSING]
+    )
+    url = next(d for d in drafts if d.kind == rules.CALLBACK_URL_MISMATCH)
+    assert "abc" not in url.detail and "token=****" in url.detail  # NONE credentials masked
+    missing = next(d for d in drafts if d.kind == rules.CALLBACK_EVENTS_MISSING)
+    assert missing.data["missing"] == ["REPLY_COMMAND_FINISH", "SHOOT_SCRIPT_SWITCH"]
+
+
+def test_fingerprint_is_one_per_condition() -> None:
+    a = evaluate([job(job_id="x")], [activity(event_count=1)])[0]
+    b = evaluate([job(job_id="x")], [activity(event_count=9, first_event_id=99)])[0]
+    assert a.fingerprint == b.fingerprint  # the same condition, seen again
+    c = evaluate([job(job_id="x")], [activity(job_id="job-2")])[0]
+    assert c.fingerprint != a.fingerprint
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "yesterday", "2024-09-10 10:00", 12345, "2024-09-10T10:00:00"]
+)
+def test_unreadable_job_times_are_ignored_not_fatal(value: Any) -> None:
+    assert rules.parse_time(value) is None
+    assert rules.OUTSIDE_JOB_WINDOW not in kinds(evaluate([job(start_time=value)], [activity()]))
