@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver import cli_events
 
     cli_events.register(commands)
+    from receiver import cli_sim
+
+    cli_sim.register(commands)
+    from receiver import cli_send
+
+    cli_send.register(commands)
     return parser
 
 

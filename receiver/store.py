@@ -133,10 +133,14 @@ class Store:
             raise StoreUnavailable("an in-memory SQLite database cannot be shared; use a file")
         self._conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         self._conn: Any = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
 
     def close(self) -> None:
         self._drop_connection()
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def _connect(self) -> Any:
         if self._sqlite_path is not None:
@@ -150,8 +154,32 @@ class Store:
                 isolation_level=None,
             )
             _sqlite_pragmas(conn, None)
+            # Checkpoints run on their own thread (checkpoint()), not inside a commit that
+            # deliveries wait for; this high mark is only a backstop if that thread falls behind.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
             return conn
         return psycopg.connect(self._conninfo, autocommit=False, **PG_CONNECT_ARGS)
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL back into the database without blocking the writer (PASSIVE).
+        Runs on a thread of its own, with a connection of its own."""
+        if self._sqlite_path is None:
+            return
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    _sqlite_uri(self._sqlite_path),
+                    uri=True,
+                    check_same_thread=False,
+                    timeout=1,
+                    isolation_level=None,
+                )
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("checkpoint skipped: %s", exc)
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -288,6 +316,7 @@ class GroupCommitWriter:
         self._watchdog: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-checkpoint")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_error: str | None = None
@@ -311,6 +340,7 @@ class GroupCommitWriter:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        self._maintenance.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(self._executor, self.store.close)
         self._executor.shutdown(wait=True)
 
@@ -343,9 +373,16 @@ class GroupCommitWriter:
         A delivery that commits after its 503 is stored; the sender's retry gets "duplicate"."""
         loop = asyncio.get_running_loop()
         step = min(0.2, self.timeout / 4)
+        checkpoint: asyncio.Future[None] | None = None
+        next_checkpoint = loop.time() + 1.0
         while True:
             await asyncio.sleep(step)
             now = loop.time()
+            if now >= next_checkpoint and (checkpoint is None or checkpoint.done()):
+                if checkpoint is not None and checkpoint.exception() is not None:
+                    log.debug("checkpoint failed: %r", checkpoint.exception())
+                checkpoint = loop.run_in_executor(self._maintenance, self.store.checkpoint)
+                next_checkpoint = now + 1.0
             for entries in (self._pending, self._inflight):
                 for _, future, deadline in entries:
                     if deadline <= now and not future.done():

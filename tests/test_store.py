@@ -317,6 +317,9 @@ class _HangingStore:
         self.release.wait(10)
         raise StoreUnavailable("gone")
 
+    def checkpoint(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
