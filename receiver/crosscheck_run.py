@@ -184,7 +184,7 @@ class CrossChecker:
             complete=answer.complete,
         )
         opened, resolved = await asyncio.to_thread(
-            self._save, room, jobs, drafts, rules.ALL_KINDS, now
+            self._save, room, jobs, drafts, _resolvable(answer.complete), now
         )
         report.rooms_checked += 1
         report.jobs_seen += len(jobs)
@@ -422,6 +422,14 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
             )
         )
     return opened
+
+
+def _resolvable(complete: bool) -> tuple[str, ...]:
+    """The finding kinds a successful query can clear. A partial listing (paging stopped before
+    MetaStudio's count) proves nothing about jobs it does not show: unknown_job stays as it is."""
+    if complete:
+        return rules.ALL_KINDS
+    return tuple(kind for kind in rules.ALL_KINDS if kind != rules.UNKNOWN_JOB)
 
 
 def _iso(value: datetime) -> str:

@@ -1,0 +1,657 @@
+"""The cross-check run end to end, on SQLite and PostgreSQL.
+
+Events go in through the real intake (the app, in process), so they are what production stores;
+the official SDK then really talks HTTP to the fake MetaStudio on loopback. Every finding kind
+appears and then clears when the job in the fake changes; one row per condition (occurrences,
+first/last seen, reopened when it returns); job snapshots; one list call per room per run; and
+the advisory lock that lets one replica of several run. Runs pass ``now`` so that grace periods
+and skews are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import KEY, REGISTERED, endpoint_table, free_port
+from starlette.testclient import TestClient
+
+from receiver import crosscheck as rules
+from receiver import queries
+from receiver.app import build_crosschecker, create_app
+from receiver.config import Settings, settings_from_mapping
+from receiver.crosscheck_run import CrossChecker, RunReport
+from receiver.events import encode
+from receiver.metastudio import MetaStudioJobs
+from receiver.models import JobSnapshot
+from receiver.signing import AuthType, sign_request
+from receiver.store import create_engine_for
+from receiver.testing import fake_metastudio as fm
+
+HOST = "https://hooks.example.com"
+ENV = {"HUAWEICLOUD_SDK_AK": fm.DEFAULT_AK, "HUAWEICLOUD_SDK_SK": fm.DEFAULT_SK}
+SNAPSHOTS = JobSnapshot.__table__  # type: ignore[attr-defined]
+STREAM_KEY = "live-stream-key-must-stay-secret"
+ALL_TYPES = ["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH"]
+
+
+def hex_id(text: str) -> str:
+    """A 32-hex-character id, as MetaStudio's room and job ids are."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+ROOM = hex_id("room-1")
+JOB = hex_id("job-1")
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def job(
+    job_id: str = JOB,
+    room_id: str = ROOM,
+    *,
+    start: datetime,
+    end: datetime | None = None,
+    state: str = "PROCESSING",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A SmartLiveJob (every Table 6 field) whose callbacks point at this receiver's shop-a."""
+    data = fm.fake_job(
+        job_id=job_id,
+        room_id=room_id,
+        state=state,
+        create_time=rfc3339(start - timedelta(minutes=5)),
+        start_time=rfc3339(start),
+        lastupdate_time=rfc3339(end or start),
+        **fields,
+    )
+    if end is None:
+        del data["end_time"]  # a job still running has no end time yet
+    else:
+        data["end_time"] = rfc3339(end)
+    return data
+
+
+def script(job_id: str = JOB, room_id: str = ROOM, n: int = 1) -> tuple[str, dict[str, Any]]:
+    return "SHOOT_SCRIPT_SWITCH", {
+        "room_id": room_id,
+        "job_id": job_id,
+        "scene_script_name": "Spring sale",
+        "shoot_script_sequence_no": str(n),
+        "shoot_script_title": f"Product {n}",
+    }
+
+
+def reply(job_id: str = JOB, room_id: str = ROOM, n: int = 1) -> tuple[str, dict[str, Any]]:
+    return "REPLY_COMMAND_FINISH", {"room_id": room_id, "job_id": job_id, "reply_id": f"r-{n}"}
+
+
+def rtmp(state: str, job_id: str = JOB, room_id: str = ROOM) -> tuple[str, dict[str, Any]]:
+    return "RTMP_STREAM_STATE_CHANGE", {
+        "room_id": room_id,
+        "job_id": job_id,
+        "state": state,
+        "output_url": "rtmp://push.example.com/live",
+        "stream_key": STREAM_KEY,
+    }
+
+
+# -- the world a test runs in ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[fm.FakeMetaStudio, str]]:
+    fake = fm.FakeMetaStudio(credentials={fm.DEFAULT_AK: fm.DEFAULT_SK}, max_hang_seconds=1.0)
+    with fm.serve_fake(fake) as url:
+        yield fake, url
+
+
+@dataclass
+class World:
+    """A migrated database, the receiver's intake on it, and the fake MetaStudio."""
+
+    url: str
+    fake: fm.FakeMetaStudio
+    base_url: str
+    client: TestClient
+    engine: sa.Engine
+    # Whole seconds, so times read back from the store compare equal.
+    t0: datetime = field(default_factory=lambda: datetime.fromtimestamp(int(time.time()), UTC))
+    sources: list[MetaStudioJobs] = field(default_factory=list)
+
+    def settings(self, environ: dict[str, str] | None = None, **metastudio: Any) -> Settings:
+        table: dict[str, Any] = {
+            "endpoint": self.base_url,
+            "project_id": fm.DEFAULT_PROJECT_ID,
+            "crosscheck_interval_seconds": 0,
+            # Every run asks again, so a change made in the fake is seen by the next run.
+            "cache_seconds": 0,
+            "timeout_seconds": 5,
+        }
+        table.update(metastudio)
+        data = {
+            "database_url": self.url,
+            "api_tokens": ["test-token"],
+            "endpoints": [endpoint_table(tolerance_seconds=86400)],
+            "metastudio": table,
+        }
+        return settings_from_mapping(data, environ=ENV if environ is None else environ)
+
+    def checker(self, environ: dict[str, str] | None = None, **metastudio: Any) -> CrossChecker:
+        checker, source = build_crosschecker(self.settings(environ, **metastudio), self.engine)
+        self.sources.append(source)
+        return checker
+
+    def send(
+        self, event: tuple[str, dict[str, Any]], *, at: datetime, url: str | None = None
+    ) -> int:
+        """Deliver one callback signed at ``at`` (or to a URL signed earlier); its event id."""
+        if url is None:
+            url = signed_url(at)
+        answer = self.client.post(url.removeprefix(HOST), content=encode(*event))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"] == "stored"
+        event_id: int = answer.json()["event_id"]
+        return event_id
+
+    def run(self, checker: CrossChecker, *, after: float = 0, **kwargs: Any) -> RunReport:
+        """One cross-check at t0 + ``after`` seconds."""
+        report = asyncio.run(checker.run(now=self.t0 + timedelta(seconds=after), **kwargs))
+        assert report.skipped is None, report.skipped
+        assert report.started_at == self.t0 + timedelta(seconds=after)
+        assert report.finished_at is not None and report.finished_at >= report.started_at
+        return report
+
+    def at(self, seconds: float) -> datetime:
+        return self.t0 + timedelta(seconds=seconds)
+
+    def findings(self, **filters: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return queries.list_findings(conn, limit=1000, **filters).items
+
+    def finding(self, kind: str, **filters: Any) -> dict[str, Any]:
+        found = self.findings(kind=kind, **filters)
+        assert len(found) == 1, found
+        return found[0]
+
+    def open_kinds(self, **filters: Any) -> list[str]:
+        return sorted(f["kind"] for f in self.findings(status="open", **filters))
+
+    def snapshots(self, job_id: str | None = None) -> list[Any]:
+        query = sa.select(SNAPSHOTS).order_by(SNAPSHOTS.c.id)
+        if job_id is not None:
+            query = query.where(SNAPSHOTS.c.job_id == job_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+
+def signed_url(at: datetime) -> str:
+    url, _ = sign_request(
+        registered_url=REGISTERED, auth_type=AuthType.MSS_A, key=KEY, when=at.timestamp()
+    )
+    return url
+
+
+@pytest.fixture
+def world(migrated_url: str, served: tuple[fm.FakeMetaStudio, str]) -> Iterator[World]:
+    fake, base_url = served
+    fake.reset()
+    engine = create_engine_for(migrated_url)
+    intake = settings_from_mapping(
+        {
+            "database_url": migrated_url,
+            "api_tokens": ["test-token"],
+            "endpoints": [endpoint_table(tolerance_seconds=86400)],
+        },
+        environ={},
+    )
+    with TestClient(create_app(intake)) as client:
+        w = World(url=migrated_url, fake=fake, base_url=base_url, client=client, engine=engine)
+        try:
+            yield w
+        finally:
+            for source in w.sources:
+                source.close()
+            engine.dispose()
+            fake.reset()
+
+
+def list_calls(fake: fm.FakeMetaStudio, room_id: str | None = None) -> list[fm.RequestRecord]:
+    return [
+        r
+        for r in fake.requests
+        if r.path.endswith("/smart-live-jobs")
+        and (room_id is None or f"/smart-live-rooms/{room_id}/" in r.path)
+    ]
+
+
+# -- each kind appears, then clears ------------------------------------------------------------
+
+
+def test_unknown_job_opens_once_counts_occurrences_resolves_and_reopens_the_same_row(
+    world: World,
+) -> None:
+    w = world
+    w.fake.add_job(job(hex_id("another job"), start=w.at(-3600)))
+    first = w.send(script(), at=w.at(-600))
+    w.send(reply(), at=w.at(-500))
+    checker = w.checker()
+
+    report = w.run(checker)
+    assert (report.rooms_checked, report.rooms_failed, report.jobs_seen) == (1, 0, 1)
+    assert (report.findings_opened, report.findings_resolved) == (1, 0)
+    found = w.finding(rules.UNKNOWN_JOB)
+    assert (found["room_id"], found["job_id"], found["event_id"]) == (ROOM, JOB, first)
+    assert found["status"] == "open" and found["occurrences"] == 1
+    assert found["data"] == {"event_count": 2, "endpoints": ["shop-a"]}
+    assert ROOM in found["detail"] and JOB in found["detail"]
+    assert when(found["first_seen_at"]) == when(found["last_seen_at"]) == w.t0
+    assert [f["id"] for f in report.open_findings] == [found["id"]]
+
+    # Seen again: the same row, counted, first_seen_at kept, last_seen_at moved.
+    again = w.run(checker, after=60)
+    assert (again.findings_opened, again.findings_resolved) == (0, 0)
+    row = w.finding(rules.UNKNOWN_JOB)
+    assert row["id"] == found["id"] and row["occurrences"] == 2
+    assert when(row["first_seen_at"]) == w.t0 and when(row["last_seen_at"]) == w.at(60)
+
+    # MetaStudio now lists the job: resolved.
+    w.fake.add_job(job(start=w.at(-3600)))
+    cleared = w.run(checker, after=120)
+    assert (cleared.findings_opened, cleared.findings_resolved, cleared.jobs_seen) == (0, 1, 2)
+    row = w.finding(rules.UNKNOWN_JOB)
+    assert row["status"] == "resolved" and when(row["resolved_at"]) == w.at(120)
+    assert row["occurrences"] == 2 and w.open_kinds() == []
+    assert cleared.open_findings == []
+
+    # It comes back: the same row reopens.
+    w.fake.remove_job(JOB)
+    back = w.run(checker, after=180)
+    assert (back.findings_opened, back.findings_resolved) == (1, 0)
+    row = w.finding(rules.UNKNOWN_JOB)
+    assert row["id"] == found["id"] and row["status"] == "open" and row["resolved_at"] is None
+    assert row["occurrences"] == 3
+    assert when(row["first_seen_at"]) == w.t0 and when(row["last_seen_at"]) == w.at(180)
+    assert len(w.findings()) == 1
+
+
+def test_events_outside_the_job_window_and_a_configurable_skew(world: World) -> None:
+    w = world
+    early, late = hex_id("early"), hex_id("late")
+    # Signed 300 s before its job started: past the default 120 s skew, within 600 s.
+    w.fake.add_job(job(early, start=w.t0))
+    before = w.send(script(early), at=w.at(-300))
+    w.send(reply(early), at=w.at(60))
+    # Signed 300 s after its job's end_time.
+    w.fake.add_job(job(late, start=w.at(-3600), end=w.at(-900), state="SUCCEED"))
+    w.send(script(late), at=w.at(-1800))
+    w.send(reply(late), at=w.at(-600))
+    strict, lenient = w.checker(), w.checker(window_skew_seconds=600)
+
+    w.run(strict)
+    assert w.open_kinds() == [rules.OUTSIDE_JOB_WINDOW] * 2
+    found = w.finding(rules.OUTSIDE_JOB_WINDOW, job_id=early)
+    assert (found["room_id"], found["event_id"], found["status"]) == (ROOM, before, "open")
+    assert "before start_time" in found["detail"] and "allowed skew 120 s" in found["detail"]
+    assert when(found["data"]["first_event_at"]) == w.at(-300)
+    found = w.finding(rules.OUTSIDE_JOB_WINDOW, job_id=late)
+    assert "after end_time" in found["detail"]
+    assert when(found["data"]["last_event_at"]) == w.at(-600)
+
+    # window_skew_seconds = 600 allows both: the conditions are gone; back with 120 s.
+    assert w.run(lenient, after=60).findings_resolved == 2
+    assert w.open_kinds() == []
+    assert w.run(strict, after=120).findings_opened == 2
+
+    # MetaStudio's times change to cover the events: resolved for good.
+    w.fake.update_job(early, start_time=rfc3339(w.at(-3600)))
+    w.fake.update_job(late, end_time=rfc3339(w.at(-500)))
+    assert w.run(strict, after=180).findings_resolved == 2
+    assert w.open_kinds() == []
+
+
+def test_stream_ended_but_job_still_running_after_the_grace_period(world: World) -> None:
+    w = world
+    w.fake.add_job(job(start=w.at(-3600)))
+    w.send(rtmp("CONNECTED"), at=w.at(-3500))
+    end = w.send(rtmp("END"), at=w.at(-600))
+    checker = w.checker()  # grace_seconds defaults to 300
+
+    w.run(checker, after=-400)  # 200 s after END: within the grace period
+    assert w.findings() == []
+    w.run(w.checker(grace_seconds=900))  # 600 s after END, with a longer grace period
+    assert w.findings() == []
+
+    w.run(checker)  # 600 s after END
+    found = w.finding(rules.STREAM_ENDED_JOB_RUNNING)
+    assert (found["job_id"], found["event_id"], found["status"]) == (JOB, end, "open")
+    assert found["data"]["job_state"] == "PROCESSING" and found["data"]["rtmp_state"] == "END"
+    assert when(found["data"]["rtmp_at"]) == w.at(-600)
+
+    w.fake.update_job(JOB, state="SUCCEED", end_time=rfc3339(w.at(-590)))
+    w.run(checker, after=60)
+    assert w.finding(rules.STREAM_ENDED_JOB_RUNNING)["status"] == "resolved"
+    assert w.open_kinds() == []
+
+
+def test_job_ended_but_stream_last_seen_connected_until_an_end_arrives(world: World) -> None:
+    w = world
+    w.fake.add_job(job(start=w.at(-3600), end=w.at(-900), state="SUCCEED"))
+    w.send(rtmp("CONNECTING"), at=w.at(-3590))
+    connected = w.send(rtmp("CONNECTED"), at=w.at(-3580))
+    w.send(script(), at=w.at(-2000))
+    checker = w.checker()
+
+    w.run(checker, after=-700)  # 200 s after the job's end_time: within the grace period
+    assert w.findings() == []
+    w.run(checker)
+    found = w.finding(rules.JOB_ENDED_STREAM_CONNECTED)
+    assert (found["job_id"], found["event_id"], found["status"]) == (JOB, connected, "open")
+    assert found["data"]["job_state"] == "SUCCEED" and found["data"]["rtmp_state"] == "CONNECTED"
+
+    # The END callback arrives late (signed just before end_time): resolved.
+    w.send(rtmp("END"), at=w.at(-905))
+    w.run(checker, after=60)
+    assert w.finding(rules.JOB_ENDED_STREAM_CONNECTED)["status"] == "resolved"
+    assert w.open_kinds() == []
+
+
+def test_failed_and_blocked_jobs_with_their_error_info_and_block_reason(world: World) -> None:
+    w = world
+    failed, blocked = hex_id("failed"), hex_id("blocked")
+    error = {"error_code": "MSS.00000100", "error_msg": "push stream failed"}
+    w.fake.add_job(job(failed, start=w.at(-3600), end=w.at(-600), state="FAILED", error_info=error))
+    reason = "Illegal content in the live room"
+    w.fake.add_job(job(blocked, start=w.at(-3600), end=w.at(-600), state="BLOCKED"))
+    w.fake.update_job(blocked, block_reason=reason)
+    w.send(script(failed), at=w.at(-1800))  # the blocked job sent nothing: flagged all the same
+    checker = w.checker()
+
+    w.run(checker)
+    assert w.open_kinds() == [rules.JOB_BLOCKED, rules.JOB_FAILED]
+    found = w.finding(rules.JOB_FAILED)
+    assert (found["room_id"], found["job_id"]) == (ROOM, failed)
+    assert found["data"] == {"error_info": error}
+    assert "MSS.00000100" in found["detail"] and "push stream failed" in found["detail"]
+    found = w.finding(rules.JOB_BLOCKED)
+    assert (found["room_id"], found["job_id"]) == (ROOM, blocked)
+    assert found["data"] == {"block_reason": reason} and reason in found["detail"]
+
+    # MetaStudio ran the jobs again and they succeeded: resolved.
+    w.fake.update_job(failed, state="SUCCEED", error_info={"error_code": "", "error_msg": ""})
+    w.fake.update_job(blocked, state="SUCCEED", block_reason="")
+    assert w.run(checker, after=60).findings_resolved == 2
+    assert w.open_kinds() == []
+
+
+def test_callback_config_pointing_elsewhere_other_auth_type_and_missing_event_types(
+    world: World,
+) -> None:
+    w = world
+    elsewhere = {
+        "live_event_type_callback_url": "https://other.example.com/callbacks/x?token=abc123",
+        "auth_type": "MSS_A_HEAD",
+        "key": "another-key-0123456789",
+        "callback_event_type": ["RTMP_STREAM_STATE_CHANGE"],
+    }
+    w.fake.add_job(job(start=w.at(-3600), live_event_callback_config=elsewhere))
+    w.send(script(), at=w.at(-600))
+    checker = w.checker()
+
+    w.run(checker)
+    assert w.open_kinds() == sorted(
+        [rules.CALLBACK_URL_MISMATCH, rules.CALLBACK_AUTH_MISMATCH, rules.CALLBACK_EVENTS_MISSING]
+    )
+    url = w.finding(rules.CALLBACK_URL_MISMATCH)
+    assert url["endpoint"] == "shop-a" and url["job_id"] == JOB
+    assert url["data"] == {
+        "callback_url": "https://other.example.com/callbacks/x?token=****",
+        "registered_url": REGISTERED,
+    }
+    assert "abc123" not in url["detail"]
+    auth = w.finding(rules.CALLBACK_AUTH_MISMATCH)
+    assert auth["data"] == {"job_auth_type": "MSS_A_HEAD", "endpoint_auth_type": "MSS_A"}
+    missing = w.finding(rules.CALLBACK_EVENTS_MISSING)
+    assert missing["data"]["missing"] == ["REPLY_COMMAND_FINISH", "SHOOT_SCRIPT_SWITCH"]
+
+    w.fake.update_job(
+        JOB,
+        live_event_callback_config={
+            "live_event_type_callback_url": REGISTERED,
+            "auth_type": "MSS_A",
+            "key": KEY,
+            "callback_event_type": ALL_TYPES,
+        },
+    )
+    report = w.run(checker, after=60)
+    assert report.findings_resolved == 3 and w.open_kinds() == []
+
+
+# -- MetaStudio refusing or not answering ------------------------------------------------------
+
+
+def test_refused_credentials_are_a_finding_that_leaves_job_findings_alone(world: World) -> None:
+    w = world
+    w.send(script(), at=w.at(-600))  # a job MetaStudio does not list
+    good = w.checker()
+    wrong_sk = {**ENV, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-of-this-ak-000"}
+    refused = w.checker(environ=wrong_sk)
+
+    w.run(good)
+    unknown = w.finding(rules.UNKNOWN_JOB)
+    report = w.run(refused, after=60)
+    assert (report.rooms_checked, report.rooms_failed, report.jobs_seen) == (0, 1, 0)
+    found = w.finding(rules.METASTUDIO_UNAUTHORIZED)
+    assert (found["room_id"], found["job_id"], found["status"]) == (ROOM, None, "open")
+    assert "HTTP 401" in found["detail"] and "MSS.00000001" in found["detail"]
+    assert wrong_sk["HUAWEICLOUD_SDK_SK"] not in found["detail"]
+    assert list_calls(w.fake)[-1].auth == "invalid"
+    assert len(list_calls(w.fake)) == 2  # a 401 is not retried
+    # What MetaStudio said before is not taken back because it cannot be asked now.
+    assert w.finding(rules.UNKNOWN_JOB)["status"] == "open"
+
+    w.run(good, after=120)
+    assert w.finding(rules.METASTUDIO_UNAUTHORIZED)["status"] == "resolved"
+    row = w.finding(rules.UNKNOWN_JOB)
+    assert row["id"] == unknown["id"] and row["status"] == "open" and row["occurrences"] == 2
+
+
+def test_metastudio_failing_is_a_finding_until_it_answers(world: World) -> None:
+    w = world
+    w.fake.add_job(job(start=w.at(-3600)))
+    w.send(script(), at=w.at(-600))
+    good = w.checker()
+    cases = [
+        # (what fails, the checker, the fake's mode, kind, list calls, what the finding says)
+        (
+            "error mode",
+            good,
+            "error",
+            rules.METASTUDIO_UNREACHABLE,
+            3,
+            ["HTTP 500", "MSS.00000004", "3 attempts"],
+        ),
+        (
+            "nothing listening",
+            w.checker(endpoint=f"http://127.0.0.1:{free_port()}"),
+            "ok",
+            rules.METASTUDIO_UNREACHABLE,
+            0,
+            ["cannot reach", "3 attempts"],
+        ),
+        (
+            "no answer",
+            w.checker(timeout_seconds=0.2),
+            "hang",
+            rules.METASTUDIO_UNREACHABLE,
+            3,
+            ["no answer within 0.2 s", "3 attempts"],
+        ),
+        (
+            "another project",
+            w.checker(project_id="70b76aa4d3e44e5a8e9c5f0a1b2c3d4e"),
+            "ok",
+            rules.METASTUDIO_BAD_REQUEST,
+            1,
+            ["HTTP 400", "MSS.00000003"],
+        ),
+    ]
+    ids: dict[str, int] = {}
+    for step, (how, broken, mode, kind, calls, said) in enumerate(cases):
+        w.fake.clear_requests()
+        w.fake.set_mode(mode)
+        report = w.run(broken, after=100 * step)
+        assert (report.rooms_checked, report.rooms_failed) == (0, 1), how
+        found = w.finding(kind)
+        assert (found["room_id"], found["job_id"], found["status"]) == (ROOM, None, "open"), how
+        for text in said:
+            assert text in found["detail"], (how, found["detail"])
+        assert fm.DEFAULT_SK not in found["detail"]
+        # 5xx, time-outs and refused connections are tried three times, a 400 once.
+        assert len(list_calls(w.fake, ROOM)) == calls, how
+        # A kind seen before (resolved since) reopens its row.
+        assert ids.setdefault(kind, found["id"]) == found["id"]
+        if step == 0:  # still failing: the same row, seen twice
+            w.run(broken, after=10)
+            row = w.finding(kind)
+            assert (row["id"], row["occurrences"], row["status"]) == (found["id"], 2, "open")
+
+        w.fake.set_mode("ok")
+        report = w.run(good, after=100 * step + 50)
+        assert (report.rooms_checked, report.rooms_failed, report.findings_resolved) == (1, 0, 1)
+        assert w.finding(kind)["status"] == "resolved", how
+        assert w.open_kinds() == []
+
+
+# -- snapshots, forged bodies, batching ----------------------------------------------------------
+
+
+def test_job_snapshots_keep_every_field_and_add_a_row_only_when_the_job_changes(
+    world: World,
+) -> None:
+    w = world
+    other = hex_id("job-2")
+    w.fake.add_job(job(start=w.at(-3600)))
+    w.fake.add_job(job(other, start=w.at(-7200), end=w.at(-3700), state="SUCCEED"))
+    w.send(script(), at=w.at(-600))
+    checker = w.checker()
+
+    w.run(checker)
+    rows = w.snapshots()
+    assert sorted(r.job_id for r in rows) == sorted([JOB, other])
+    for row in rows:
+        assert row.data == w.fake.get_job(row.job_id)  # every field, as returned
+        assert row.room_id == ROOM and row.state == row.data["state"]
+        assert row.fetched_at == row.first_fetched_at == w.t0
+
+    w.run(checker, after=60)  # nothing changed: no new row, fetched_at moves
+    rows = w.snapshots()
+    assert len(rows) == 2
+    assert all(r.fetched_at == w.at(60) and r.first_fetched_at == w.t0 for r in rows)
+
+    w.fake.update_job(JOB, state="SUCCEED", end_time=rfc3339(w.at(90)))
+    w.run(checker, after=120)
+    mine = w.snapshots(JOB)
+    assert [r.state for r in mine] == ["PROCESSING", "SUCCEED"]
+    assert mine[-1].data == w.fake.get_job(JOB)
+    assert mine[-1].first_fetched_at == mine[-1].fetched_at == w.at(120)
+    assert mine[0].fetched_at == w.at(60)  # the old version was last seen then
+    [theirs] = w.snapshots(other)
+    assert theirs.fetched_at == w.at(120) and theirs.first_fetched_at == w.t0
+
+
+def test_a_replayed_signature_with_a_forged_body_is_stored_then_flagged(world: World) -> None:
+    """MSS_A signs the URL and the time, not the body (signing-notes.md): within the tolerance a
+    captured URL carries any body. The intake cannot tell; the cross-check can."""
+    w = world
+    w.fake.add_job(job(start=w.at(-3600)))
+    captured = signed_url(w.at(-30))
+    w.send(script(), at=w.at(-30), url=captured)
+    forged_job = hex_id("a job that does not exist")
+    forged = w.send(reply(forged_job), at=w.at(-30), url=captured)
+
+    w.run(w.checker())
+    found = w.finding(rules.UNKNOWN_JOB)
+    assert (found["job_id"], found["event_id"], found["room_id"]) == (forged_job, forged, ROOM)
+    assert w.open_kinds() == [rules.UNKNOWN_JOB]
+
+
+def test_one_list_call_per_room_per_run_and_none_within_the_cache_ttl(world: World) -> None:
+    w = world
+    rooms = [hex_id(f"room-{n}") for n in range(3)]
+    for r, room in enumerate(rooms):
+        jobs = 5 if r == 0 else 1
+        for j in range(jobs):
+            job_id = hex_id(f"job-{r}-{j}")
+            w.fake.add_job(job(job_id, room, start=w.at(-3600)))
+            for n in range(8 if r == 0 else 2):
+                w.send(script(job_id, room, n), at=w.at(-1800 + n))
+    checker, source = build_crosschecker(w.settings(cache_seconds=300), w.engine)
+    w.sources.append(source)
+    w.fake.clear_requests()
+
+    report = w.run(checker)
+    assert (report.rooms_checked, report.jobs_seen, report.findings_opened) == (3, 7, 0)
+    for room in rooms:
+        assert len(list_calls(w.fake, room)) == 1
+    assert len(w.fake.requests) == 3 and source.calls == 3 and source.queries == 3
+
+    w.run(checker, after=5)
+    w.run(checker, after=6, room_id=rooms[0])
+    assert len(w.fake.requests) == 3 and source.calls == 3  # all from the cache
+
+
+# -- one run at a time -----------------------------------------------------------------------
+
+
+def test_one_replica_runs_and_the_other_skips(world: World) -> None:
+    """Two replicas (two checkers, two engines) on one PostgreSQL start at the same moment: the
+    advisory lock lets one run. On SQLite (one process per file) a second run started in the
+    same process while one is going skips."""
+    w = world
+    w.fake.add_job(job(start=w.at(-3600)))
+    w.send(script(), at=w.at(-600))
+    postgres = w.engine.dialect.name == "postgresql"
+    other_engine = create_engine_for(w.url)
+    try:
+        first = w.checker()
+        second = first
+        if postgres:
+            second, source = build_crosschecker(w.settings(), other_engine)
+            w.sources.append(source)
+        w.fake.set_mode("hang")  # the list call takes ~1 s (max_hang_seconds): the runs overlap
+
+        async def both() -> list[RunReport]:
+            return list(await asyncio.gather(first.run(now=w.t0), second.run(now=w.t0)))
+
+        started = time.monotonic()
+        reports = asyncio.run(both())
+        assert time.monotonic() - started < 10
+        skipped = [r for r in reports if r.skipped]
+        ran = [r for r in reports if not r.skipped]
+        assert len(skipped) == 1 and len(ran) == 1
+        expected = "another replica" if postgres else "already running in this process"
+        assert expected in (skipped[0].skipped or "")
+        assert ran[0].rooms_checked == 1 and skipped[0].rooms_checked == 0
+        assert len(list_calls(w.fake)) == 1
+        assert skipped[0].as_json()["skipped"] == skipped[0].skipped
+
+        # The lock was released: each replica runs in turn.
+        w.fake.set_mode("ok")
+        assert w.run(first, after=60).rooms_checked == 1
+        assert w.run(second, after=120).rooms_checked == 1
+    finally:
+        other_engine.dispose()
