@@ -33,6 +33,7 @@ from receiver.errors import (
 )
 from receiver.intake import receive
 from receiver.metrics import CONTENT_TYPE
+from receiver.observability import request_id
 from receiver.openapi import document
 from receiver.responses import JSON, error_answer
 
@@ -194,8 +195,17 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_answer(500, _HTTP_CODES[500], "internal error; it has been logged")
+    rid = request.scope.get("request_id")
+    token = request_id.set(rid) if rid else None
+    try:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+    finally:
+        if token is not None:
+            request_id.reset(token)
+    answer = error_answer(500, _HTTP_CODES[500], "internal error; it has been logged")
+    if rid:
+        answer.headers["x-request-id"] = rid
+    return answer
 
 
 routes = [

@@ -37,6 +37,9 @@ class RequestIdMiddleware:
                 given = text if _PLAIN.match(text) else None
                 break
         rid = given or os.urandom(12).hex()
+        # Also in the scope: a 500 is answered outside this middleware (by Starlette's
+        # ServerErrorMiddleware), after this context is gone; see api.on_unexpected.
+        scope["request_id"] = rid
         token = request_id.set(rid)
         header = (b"x-request-id", rid.encode())
 

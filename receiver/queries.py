@@ -100,12 +100,16 @@ def parse_text(name: str, value: str | None) -> str | None:
         return None
     if not value or len(value) > MAX_FILTER_LENGTH:
         raise QueryError(f"{name}: must be 1 to {MAX_FILTER_LENGTH} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold it (the query would fail: a 503)
+        raise QueryError(f"{name}: must not contain U+0000")
     return value
 
 
 def parse_list(name: str, value: str | None) -> list[str] | None:
     if value is None:
         return None
+    if "\x00" in value:
+        raise QueryError(f"{name}: must not contain U+0000")
     items = [part.strip() for part in value.split(",") if part.strip()]
     if not items or len(items) > 50 or any(len(item) > MAX_FILTER_LENGTH for item in items):
         raise QueryError(f"{name}: must be a comma-separated list of 1 to 50 values")
@@ -455,14 +459,23 @@ def job_view(
             .group_by(EVENTS.c.event_type)
         ).all()
     )
-    first_last = conn.execute(
-        sa.select(sa.func.min(EVENTS.c.received_at), sa.func.max(EVENTS.c.received_at)).where(
-            by_job
-        )
-    ).one()
-    room = conn.execute(
-        sa.select(EVENTS.c.room_id).where(by_job).order_by(EVENTS.c.id.desc()).limit(1)
-    ).scalar()
+    # The first and the last event by id (ids follow commit order), read from the two ends of
+    # ix_events_job_id_id. min()/max() of received_at would let PostgreSQL walk the whole
+    # received_at index instead, filtering on job_id (about 200 ms over 1M events).
+    first_row = conn.execute(
+        sa.select(EVENTS.c.received_at).where(by_job).order_by(EVENTS.c.id).limit(1)
+    ).first()
+    last_row = conn.execute(
+        sa.select(EVENTS.c.received_at, EVENTS.c.room_id)
+        .where(by_job)
+        .order_by(EVENTS.c.id.desc())
+        .limit(1)
+    ).first()
+    first_last = (
+        first_row[0] if first_row else None,
+        last_row[0] if last_row else None,
+    )
+    room = last_row[1] if last_row else None
     if room is None:
         room = snapshot["room_id"] if snapshot else findings[0]["room_id"] if findings else None
     return {

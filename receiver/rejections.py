@@ -98,6 +98,7 @@ class RejectionLog:
         self._suppressed = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._closing = False
         self.suppressed_total = 0
         self.written_total = 0
@@ -160,15 +161,19 @@ class RejectionLog:
         await self.flush()
 
     async def flush(self) -> None:
-        rows = list(self._queue)
-        self._queue.clear()
-        if not rows:
-            return
-        try:
-            await asyncio.to_thread(self._write, rows)
-            self.written_total += len(rows)
-        except Exception as exc:  # the log is best effort; the refusal was answered already
-            log.warning("could not write %d rejection rows: %s", len(rows), type(exc).__name__)
+        """Write what is queued. Flushes take turns: when this returns, every refusal recorded
+        before the call is written (or its write failed), including one a background flush
+        was still writing."""
+        async with self._flushing:
+            rows = list(self._queue)
+            self._queue.clear()
+            if not rows:
+                return
+            try:
+                await asyncio.to_thread(self._write, rows)
+                self.written_total += len(rows)
+            except Exception as exc:  # the log is best effort; the refusal was answered already
+                log.warning("could not write %d rejection rows: %s", len(rows), type(exc).__name__)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -80,6 +82,8 @@ def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
             parsed,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_pre_ping=True,
+            json_serializer=_json_text,
+            json_deserializer=orjson.loads,
             **options,
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -91,7 +95,17 @@ def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
         max_overflow=pool_size,
         pool_timeout=10,
         connect_args=PG_CONNECT_ARGS,
+        # orjson: a 10,000-event job view parses 20,000 JSON values.
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
     )
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits and the like: the standard library takes them
+        return json.dumps(value, ensure_ascii=False)
 
 
 def sqlite_path(url: str | URL) -> str | None:

@@ -39,6 +39,7 @@ REQUIRE_PG = os.environ.get("RECEIVER_REQUIRE_POSTGRES") == "1"
 KEY = "GCTbw44s6MPLh4GqgDpnfuFHgy25Enly"
 OLD_KEY = "previous-key-0123456789"
 REGISTERED = "https://hooks.example.com/callbacks/shop-a"
+SERVE = (sys.executable, "-m", "receiver", "serve")
 
 
 def _pg_conninfo(url: str) -> str:
@@ -112,7 +113,7 @@ def make_settings(database_url: str, *endpoints: dict[str, Any], **top: Any) -> 
 
 
 @pytest.fixture
-def app_client(migrated_url: str) -> Callable[..., TestClient]:
+def app_client(migrated_url: str) -> Iterator[Callable[..., TestClient]]:
     """In-process client factory: ``app_client(*endpoint_tables, **top_level_keys)``."""
     clients: list[TestClient] = []
 
@@ -122,7 +123,7 @@ def app_client(migrated_url: str) -> Callable[..., TestClient]:
         clients.append(client)
         return client
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for client in clients:
         client.__exit__(None, None, None)
 
@@ -173,8 +174,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--config", str(self.config)]
-            + ["--port", str(self.port)],
+            [*SERVE, "--config", str(self.config), "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
