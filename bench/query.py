@@ -66,7 +66,7 @@ import sqlalchemy as sa
 from seed import Spec, database_url, ensure_seeded
 from sqlalchemy.engine import Connection, Engine
 
-from receiver import queries
+from receiver import jobs, queries
 from receiver.store import create_engine_for, sqlite_path
 
 BENCH = Path(__file__).resolve().parent
@@ -587,13 +587,13 @@ def collect_statements(engine: Engine, spec: Spec, plan: Plan) -> list[Statement
                 functools.partial(queries.list_events, since=moment, limit=100),
             )
         )
-    calls.append(("small job view (limit 1000)", lambda c: queries.job_view(c, job, limit=1000)))
+    calls.append(("small job view (limit 1000)", lambda c: jobs.job_view(c, job, limit=1000)))
     if spec.big_job_events:
         for limit in (1000, spec.big_job_events):
             calls.append(
                 (
                     f"job view (limit {limit})",
-                    functools.partial(queries.job_view, job_id=spec.big_job_id, limit=limit),
+                    functools.partial(jobs.job_view, job_id=spec.big_job_id, limit=limit),
                 )
             )
     statements: list[Statement] = []

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver import queries
+from receiver import jobs, queries
 from receiver.errors import (
     ApiUnauthorized,
     NotConfigured,
@@ -120,7 +120,7 @@ async def get_job(request: Request) -> Response:
     p = _params(request, "job")
     limit = queries.parse_limit(p.get("limit"), default=1000, high=queries.MAX_TIMELINE)
     view = await _read(
-        rt, lambda conn: queries.job_view(conn, job_id, limit=limit, cursor=p.get("cursor"))
+        rt, lambda conn: jobs.job_view(conn, job_id, limit=limit, cursor=p.get("cursor"))
     )
     if view is None:
         raise NotFound(f"no event names job {job_id[:64]!r}")

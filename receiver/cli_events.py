@@ -24,7 +24,8 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", help="RFC 3339, on received time")
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
+def filters_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The store filters of ``add_filters``, checked as the query API checks them."""
     return {
         "endpoint": queries.parse_text("endpoint", args.endpoint),
         "room_id": queries.parse_text("room_id", args.room_id),
@@ -73,7 +74,7 @@ def cmd_events(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         with engine.connect() as conn:
             page = queries.list_events(
                 conn,
-                **_filters(args),
+                **filters_from(args),
                 limit=queries.parse_limit(args.limit),
                 cursor=args.cursor,
             )
@@ -97,7 +98,7 @@ def cmd_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     count = 0
     try:
         with engine.connect() as conn:
-            for record in queries.export_events(conn, **_filters(args)):
+            for record in queries.export_events(conn, **filters_from(args)):
                 out.write(orjson.dumps(record).decode() + "\n")
                 count += 1
     finally:

@@ -297,16 +297,10 @@ class ProgressLine:
 
 
 def _records(args: argparse.Namespace, environ: Mapping[str, str]) -> list[Any]:
-    from receiver import queries, replay
+    from receiver import replay
+    from receiver.cli_events import filters_from
 
-    filters: dict[str, Any] = {
-        "endpoint": queries.parse_text("endpoint", args.endpoint),
-        "room_id": queries.parse_text("room_id", args.room_id),
-        "job_id": queries.parse_text("job_id", args.job_id),
-        "event_types": queries.parse_list("event_type", args.event_type),
-        "since": queries.parse_time("since", args.since),
-        "until": queries.parse_time("until", args.until),
-    }
+    filters = filters_from(args)
     if args.from_file is not None:
         source = sys.stdin if args.from_file == "-" else args.from_file
         return replay.filter_records(replay.read_export(source), **filters)

@@ -279,7 +279,7 @@ class CrossChecker:
         return out
 
     def _open_findings(self, rooms: list[str]) -> list[dict[str, Any]]:
-        from receiver.queries import finding_json
+        from receiver.views import finding_json
 
         query = (
             sa.select(FINDINGS)

@@ -33,7 +33,7 @@ from receiver.errors import (
     UnknownEndpoint,
 )
 from receiver.models import Rejection
-from receiver.queries import masked_body_text
+from receiver.views import masked_body_text
 
 log = logging.getLogger("receiver.rejections")
 REJECTIONS = Rejection.__table__  # type: ignore[attr-defined]

@@ -31,10 +31,10 @@ from receiver.errors import SignatureMissing
 from receiver.events import encode
 from receiver.models import Rejection
 from receiver.openapi import document
-from receiver.queries import masked_body_text
 from receiver.rejections import RejectionLog
 from receiver.signing import AuthType, sign_request
 from receiver.store import create_engine_for
+from receiver.views import masked_body_text
 
 AUTH = {"Authorization": "Bearer test-token"}
 HOST = "https://hooks.example.com"

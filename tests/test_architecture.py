@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "receiver.signing": 1,
     "receiver.events": 1,
     "receiver.config": 2,
+    "receiver.views": 2,
     # data access, the MetaStudio client, pure tools
     "receiver.store_write": 3,
     "receiver.queries": 3,
@@ -33,6 +34,7 @@ LAYERS: dict[str, int] = {
     "receiver.testing.fake_metastudio": 3,
     "receiver.store": 4,
     "receiver.rejections": 4,
+    "receiver.jobs": 4,
     "receiver.crosscheck": 4,
     "receiver.openapi": 4,
     "receiver.replay": 4,
