@@ -94,7 +94,7 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     )
 
 
-def _proc_status(pid: int) -> dict[str, int]:
+def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of ``pid`` in KiB (empty once the process is gone)."""
     values: dict[str, int] = {}
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as handle:
@@ -120,12 +120,17 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     rss_samples_kib: list[int] = field(default_factory=list)
     peak_rss_kib: int = 0
+    idle_rss_kib: int = 0
     _stop_sampling: threading.Event = field(default_factory=threading.Event)
     _sampler: threading.Thread | None = None
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
@@ -138,6 +143,7 @@ class Server:
                 start_new_session=True,  # Ctrl-C reaches this script only; it stops the servers
             )
         self._wait_ready()
+        self.idle_rss_kib = proc_status(self.proc.pid).get("VmRSS", 0)
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
@@ -164,7 +170,7 @@ class Server:
     def _sample(self) -> None:
         assert self.proc is not None
         while not self._stop_sampling.wait(0.1):
-            rss = _proc_status(self.proc.pid).get("VmRSS")
+            rss = proc_status(self.proc.pid).get("VmRSS")
             if rss is not None:
                 self.rss_samples_kib.append(rss)
 
@@ -175,7 +181,7 @@ class Server:
             self._sampler.join()
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.peak_rss_kib = _proc_status(self.proc.pid).get("VmHWM", 0)
+        self.peak_rss_kib = proc_status(self.proc.pid).get("VmHWM", 0)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)

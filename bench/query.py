@@ -46,13 +46,10 @@ import random
 import re
 import secrets
 import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +60,7 @@ from typing import Any
 
 import httpx2
 import sqlalchemy as sa
+from procs import Server, free_port
 from seed import Spec, database_url, ensure_seeded
 from sqlalchemy.engine import Connection, Engine
 
@@ -80,8 +78,6 @@ TARGET_RSS_MIB = 200.0
 DEFAULT_SQLITE = "/tmp/rcv-bench-query.db"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/rcv_bench_query"
 TOKEN = secrets.token_urlsafe(24)
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 60.0
 WARMUP_ROUNDS = 2
 SQL_REPEAT = 5
@@ -94,111 +90,30 @@ def log(line: str) -> None:
 # --- The server ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in KiB (empty once the process is gone)."""
-    values: dict[str, int] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0])
-    return values
-
-
-@dataclass
-class Server:
-    """``python -m receiver serve`` on 127.0.0.1, its RSS sampled every 50 ms."""
-
-    database_url: str
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    samples_kib: list[int] = field(default_factory=list)
-    idle_kib: int = 0
-    peak_kib: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _sampler: threading.Thread | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "receiver.log"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        config = self.workdir / "receiver.toml"
-        config.write_text(
-            f"database_url = {json.dumps(self.database_url)}\n"
-            f"api_tokens = [{json.dumps(TOKEN)}]\n"
-            'log_level = "WARNING"\n'
-        )
-        env = dict(os.environ)
-        for name in ("RECEIVER_DATABASE_URL", "RECEIVER_CONFIG"):
-            env.pop(name, None)  # they would override the config
-        command = [sys.executable, "-m", "receiver", "serve", "--config", str(config)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.log_path, "wb") as output:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches this script only; it stops the server
-            )
-        self._wait_ready()
-        self.idle_kib = proc_status(self.proc.pid).get("VmRSS", 0)
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited early:\n{self.log_tail()}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"the server did not answer in {START_TIMEOUT:g} s:\n{self.log_tail()}")
-
-    def _sample(self) -> None:
-        assert self.proc is not None
-        while not self._stop.wait(0.05):
-            rss = proc_status(self.proc.pid).get("VmRSS")
-            if rss is not None:
-                self.samples_kib.append(rss)
-
-    def stop(self) -> None:
-        """Read the peak RSS, then stop gracefully (SIGINT; SIGKILL if it hangs). Idempotent."""
-        self._stop.set()
-        if self._sampler is not None:
-            self._sampler.join()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.peak_kib = proc_status(self.proc.pid).get("VmHWM", 0)
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+def receiver_server(database_url: str, workdir: Path) -> Server:
+    """``python -m receiver serve`` on 127.0.0.1 with an API token (bench/procs.py runs it)."""
+    config = workdir / "receiver.toml"
+    config.write_text(
+        f"database_url = {json.dumps(database_url)}\n"
+        f"api_tokens = [{json.dumps(TOKEN)}]\n"
+        'log_level = "WARNING"\n'
+    )
+    env = dict(os.environ)
+    for name in ("RECEIVER_DATABASE_URL", "RECEIVER_CONFIG"):
+        env.pop(name, None)  # they would override the config
+    port = free_port()
+    command = [sys.executable, "-m", "receiver", "serve", "--config", str(config)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return Server(
+        name="receiver",
+        command=command,
+        port=port,
+        workdir=workdir,
+        ready_method="GET",
+        ready_path="/healthz",
+        cwd=ROOT,
+        env=env,
+    )
 
 
 # --- Timed requests ------------------------------------------------------------------------------
@@ -692,7 +607,7 @@ def run_store(store: str, spec: Spec, args: argparse.Namespace) -> dict[str, Any
     load_before = os.getloadavg()
     try:
         with tempfile.TemporaryDirectory(prefix=f"bench-query-{store}-") as tmp:
-            server = Server(url, Path(tmp))
+            server = receiver_server(url, Path(tmp))
             try:
                 log(f"[{store}] server on {server.base_url}")
                 server.start()
@@ -720,12 +635,12 @@ def run_store(store: str, spec: Spec, args: argparse.Namespace) -> dict[str, Any
     for row in rows:
         if row.explain_key in by_key:
             row.index = index_of(by_key[row.explain_key].plan)
-    samples = server.samples_kib or [0]
+    samples = server.rss_samples_kib or [0]
     rss = {
-        "idle_mib": round(server.idle_kib / 1024, 1),
+        "idle_mib": round(server.idle_rss_kib / 1024, 1),
         "max_sampled_mib": round(max(samples) / 1024, 1),
-        "peak_vmhwm_mib": round(server.peak_kib / 1024, 1),
-        "samples": len(server.samples_kib),
+        "peak_vmhwm_mib": round(server.peak_rss_kib / 1024, 1),
+        "samples": len(server.rss_samples_kib),
     }
     summaries = [row.summary() for row in rows]
     targets = {row["name"]: row["within"] for row in summaries if row["target_ms"] is not None}
