@@ -28,12 +28,12 @@ from starlette.testclient import TestClient
 from receiver.app import create_app
 from receiver.config import settings_from_mapping
 from receiver.errors import SignatureMissing
-from receiver.events import encode
 from receiver.models import Rejection
 from receiver.openapi import document
 from receiver.rejections import RejectionLog
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
 from receiver.store import create_engine_for
+from receiver.testing import encode, sign_request
 from receiver.views import masked_body_text
 
 AUTH = {"Authorization": "Bearer test-token"}

@@ -22,9 +22,9 @@ from starlette.testclient import TestClient
 
 from receiver.app import create_app
 from receiver.config import settings_from_mapping
-from receiver.events import encode
 from receiver.openapi import document
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
+from receiver.testing import encode, sign_request
 from receiver.testing import fake_metastudio as fm
 
 AUTH = {"Authorization": "Bearer test-token"}

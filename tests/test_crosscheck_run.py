@@ -28,11 +28,11 @@ from receiver import queries
 from receiver.app import build_crosschecker, create_app
 from receiver.config import Settings, settings_from_mapping
 from receiver.crosscheck_run import CrossChecker, RunReport
-from receiver.events import encode
 from receiver.metastudio import MetaStudioJobs
 from receiver.models import JobSnapshot
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
 from receiver.store import create_engine_for
+from receiver.testing import encode, sign_request
 from receiver.testing import fake_metastudio as fm
 
 HOST = "https://hooks.example.com"

@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import KEY, REGISTERED, ServerProcess
 
-from receiver.events import encode
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
 from receiver.store import DELIVERIES, create_engine_for
+from receiver.testing import encode, sign_request
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,6 @@ from conftest import KEY, OLD_KEY, REGISTERED, endpoint_table, make_settings
 from starlette.testclient import TestClient
 
 from receiver.app import create_app
-from receiver.events import encode
 from receiver.models import Delivery, Event
 from receiver.signing import (
     SECRET_HEADER,
@@ -30,8 +29,8 @@ from receiver.signing import (
     AuthType,
     SignedUri,
     TimeUnit,
-    sign_request,
 )
+from receiver.testing import encode, sign_request
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]

@@ -39,8 +39,8 @@ from receiver.signing import (
     AuthType,
     SignedUri,
     TimeUnit,
-    sign_request,
 )
+from receiver.testing import sign_request
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from receiver.app import create_app
-from receiver.events import encode
 from receiver.observability import RequestIdFilter
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
+from receiver.testing import encode, sign_request
 
 AUTH = {"Authorization": "Bearer test-token"}
 HOST = "https://hooks.example.com"

@@ -19,12 +19,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from receiver.app import create_app
-from receiver.events import encode
 from receiver.models import DeliveryStatus
 from receiver.openapi import DOCUMENT, document
 from receiver.queries import MAX_LIMIT, MAX_TIMELINE
 from receiver.rejections import _REASONS
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
+from receiver.testing import encode, sign_request
 
 AUTH = {"Authorization": "Bearer test-token"}
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}

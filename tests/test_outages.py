@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from conftest import KEY, REGISTERED, ServerProcess, free_port, write_config
 from sqlalchemy.engine import make_url
 
-from receiver.events import encode
-from receiver.signing import AuthType, sign_request
+from receiver.signing import AuthType
 from receiver.store import DELIVERIES, create_engine_for
+from receiver.testing import encode, sign_request
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from receiver.errors import DecodeError, StoreUnavailable
-from receiver.events import decode, encode
+from receiver.events import decode
 from receiver.migrate import upgrade
 from receiver.store import (
     DELIVERIES,
@@ -31,6 +31,7 @@ from receiver.store import (
     WriteOutcome,
     create_engine_for,
 )
+from receiver.testing import encode
 
 SIGNED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
