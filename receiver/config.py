@@ -41,6 +41,9 @@ class EndpointSettings:
     allow_unauthenticated: bool = False
     # Built once (every callback needs it): see policy().
     _policy: VerifyPolicy | None = field(default=None, init=False, repr=False, compare=False)
+    _credentials: frozenset[str] = field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         policy = VerifyPolicy(
@@ -53,6 +56,12 @@ class EndpointSettings:
             allow_unauthenticated=self.allow_unauthenticated,
         )
         object.__setattr__(self, "_policy", policy)
+        names = {"hwSecret"}
+        if self.auth_type is AuthType.NONE:
+            query = urlsplit(self.registered_url).query
+            # Decoded, as the request's query is when it is compared and stored.
+            names.update(name for name, _ in parse_qsl(query, keep_blank_values=True))
+        object.__setattr__(self, "_credentials", frozenset(names))
 
     def policy(self) -> VerifyPolicy:
         assert self._policy is not None
@@ -60,12 +69,7 @@ class EndpointSettings:
 
     def credential_params(self) -> frozenset[str]:
         """Query parameter names that are credentials for this endpoint (never stored or logged)."""
-        names = {"hwSecret"}
-        if self.auth_type is AuthType.NONE:
-            query = urlsplit(self.registered_url).query
-            # Decoded, as the request's query is when it is compared and stored.
-            names.update(name for name, _ in parse_qsl(query, keep_blank_values=True))
-        return frozenset(names)
+        return self._credentials
 
 
 @dataclass(frozen=True, slots=True)

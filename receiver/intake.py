@@ -7,7 +7,7 @@ decode is still stored, as ``undecodable``, before it is refused, so nothing ver
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -78,7 +78,7 @@ async def receive(
         key_index=verified.key_index,
         time_unit=verified.time_unit.value if verified.time_unit else None,
         headers=kept_headers(headers),
-        query=kept_query(query_string, endpoint),
+        query=kept_query(query_string, endpoint, decoded=verified.query),
         remote_addr=remote_addr,
         event=event,
         error=error,
@@ -109,10 +109,16 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
-def kept_query(query_string: str, endpoint: EndpointSettings) -> list[tuple[str, str]]:
-    """The request's query minus credentials (hwSecret; for NONE, the URL's own token)."""
+def kept_query(
+    query_string: str,
+    endpoint: EndpointSettings,
+    *,
+    decoded: Sequence[tuple[str, str]] | None = None,
+) -> list[tuple[str, str]]:
+    """The request's query minus credentials (hwSecret; for NONE, the URL's own token).
+    ``decoded``: the pairs verification already read, if it did."""
     if not query_string:
         return []
     hidden = endpoint.credential_params()
-    pairs = parse_qsl(query_string, keep_blank_values=True)
+    pairs = decoded if decoded is not None else parse_qsl(query_string, keep_blank_values=True)
     return [(name, value[:MAX_HEADER_VALUE]) for name, value in pairs if name not in hidden][:64]

@@ -17,7 +17,7 @@ import hmac
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qsl, urlsplit
@@ -80,6 +80,8 @@ class Verified:
     signed_at: datetime | None
     time_unit: TimeUnit | None
     skew_seconds: float | None
+    # The request's query, decoded, when verifying it had to read it (so callers need not again).
+    query: tuple[tuple[str, str], ...] | None = field(default=None, compare=False)
 
 
 def _split(registered_url: str) -> SplitResult:
@@ -234,12 +236,14 @@ def _match_key(policy: VerifyPolicy, secret: str, hw_time: str) -> int:
     return match
 
 
-def _verify_url_credential(policy: VerifyPolicy, query_string: str) -> None:
+def _verify_url_credential(
+    policy: VerifyPolicy, query_string: str
+) -> list[tuple[str, str]] | None:
     # NONE: "the URL contains authentication" -- the registered query is the credential.
     wanted = _registered_pairs(policy.registered_url)
     if not wanted:
         if policy.allow_unauthenticated:
-            return
+            return None
         raise SignatureMissing(
             "registered_url carries no credential and unauthenticated callbacks are not allowed"
         )
@@ -261,6 +265,7 @@ def _verify_url_credential(policy: VerifyPolicy, query_string: str) -> None:
         raise SignatureMissing("credential parameters missing: " + _describe(missing))
     if wrong:
         raise SignatureMismatch("credential parameters do not match: " + _describe(wrong))
+    return got
 
 
 def _utc(seconds: float) -> datetime:
@@ -278,17 +283,22 @@ def verify(
     Order: format, then the query against the registered one, then the keys, then the window.
     """
     if policy.auth_type == AuthType.NONE:
-        _verify_url_credential(policy, query_string)
-        return Verified(key_index=None, signed_at=None, time_unit=None, skew_seconds=None)
+        got = _verify_url_credential(policy, query_string)
+        return Verified(
+            key_index=None,
+            signed_at=None,
+            time_unit=None,
+            skew_seconds=None,
+            query=None if got is None else tuple(got),
+        )
+    pairs = _decode_query(query_string)
+    rest = [p for p in pairs if p[0] not in (SECRET_PARAM, TIME_PARAM)]
     if policy.auth_type == AuthType.MSS_A:
-        pairs = _decode_query(query_string)
         secret = _single_param(pairs, SECRET_PARAM)
         hw_time = _single_param(pairs, TIME_PARAM)
-        rest = [p for p in pairs if p[0] not in (SECRET_PARAM, TIME_PARAM)]
     elif policy.auth_type == AuthType.MSS_A_HEAD:
         secret = _header(headers, SECRET_HEADER)
         hw_time = _header(headers, TIME_HEADER)
-        rest = strip_signature_params(query_string)
     else:
         raise ConfigError(f"auth_type {policy.auth_type!r} cannot be verified")
     if len(secret) != _SECRET_LENGTH or not _HEX.issuperset(secret):
@@ -306,7 +316,11 @@ def verify(
             skew_seconds=skew,
         )
     return Verified(
-        key_index=key_index, signed_at=_utc(signed_seconds), time_unit=unit, skew_seconds=skew
+        key_index=key_index,
+        signed_at=_utc(signed_seconds),
+        time_unit=unit,
+        skew_seconds=skew,
+        query=tuple(pairs),
     )
 
 
