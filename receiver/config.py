@@ -41,9 +41,7 @@ class EndpointSettings:
     allow_unauthenticated: bool = False
     # Built once (every callback needs it): see policy().
     _policy: VerifyPolicy | None = field(default=None, init=False, repr=False, compare=False)
-    _credentials: frozenset[str] = field(
-        default=frozenset(), init=False, repr=False, compare=False
-    )
+    _credentials: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         policy = VerifyPolicy(

@@ -236,9 +236,7 @@ def _match_key(policy: VerifyPolicy, secret: str, hw_time: str) -> int:
     return match
 
 
-def _verify_url_credential(
-    policy: VerifyPolicy, query_string: str
-) -> list[tuple[str, str]] | None:
+def _verify_url_credential(policy: VerifyPolicy, query_string: str) -> list[tuple[str, str]] | None:
     # NONE: "the URL contains authentication" -- the registered query is the credential.
     wanted = _registered_pairs(policy.registered_url)
     if not wanted:
