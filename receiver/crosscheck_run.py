@@ -28,6 +28,7 @@ from receiver.errors import (
     MetaStudioAuthError,
     MetaStudioBadRequest,
     MetaStudioError,
+    StoreUnavailable,
 )
 from receiver.events import EventType
 from receiver.models import Event, Finding, JobSnapshot, UTCDateTime
@@ -108,15 +109,23 @@ class CrossChecker:
             report.skipped = "a cross-check is already running in this process"
             return report
         async with self._local:
-            acquired, holder = await asyncio.to_thread(self._take_lock)
-            if not acquired:
-                report.skipped = "another replica is running the cross-check"
-                return report
             try:
-                await self._run(report, room_id=room_id, now=now)
-            finally:
-                if holder is not None:
-                    await asyncio.to_thread(self._release_lock, holder)
+                acquired, holder = await asyncio.to_thread(self._take_lock)
+                if not acquired:
+                    report.skipped = "another replica is running the cross-check"
+                    return report
+                try:
+                    await self._run(report, room_id=room_id, now=now)
+                finally:
+                    if holder is not None:
+                        await asyncio.to_thread(self._release_lock, holder)
+            except sa.exc.DBAPIError as exc:
+                # The store, not MetaStudio, failed: the caller answers 503, the periodic run
+                # logs it and tries again next time.
+                problem = type(exc.orig).__name__
+                raise StoreUnavailable(
+                    f"the cross-check could not use the store: {problem}"
+                ) from exc
         # On the run's own clock: with ``now`` given, finished_at is never before started_at.
         report.finished_at = now + timedelta(seconds=time.monotonic() - clock)
         self.last_report = report

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -334,7 +333,6 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_error: str | None = None
-        self.last_error_at: float | None = None
         self.batches = 0
         self.batch_sizes: list[int] = []
         # Called on the event loop after each committed batch (metrics).
@@ -440,6 +438,7 @@ class GroupCommitWriter:
                         future.set_exception(outcome)
                     else:
                         future.set_result(outcome)
+            self._inflight = []
             if self._closing:
                 return
 
@@ -447,7 +446,6 @@ class GroupCommitWriter:
         if self.last_error != exc.message:
             log.error("store unavailable: %s", exc.message)
         self.last_error = exc.message
-        self.last_error_at = time.time()
         for _, future, _ in batch:
             if not future.done():
                 future.set_exception(StoreUnavailable(exc.message))

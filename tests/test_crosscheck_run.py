@@ -655,3 +655,23 @@ def test_one_replica_runs_and_the_other_skips(world: World) -> None:
         assert w.run(second, after=120).rooms_checked == 1
     finally:
         other_engine.dispose()
+
+
+def test_a_store_failure_during_a_run_is_store_unavailable(tmp_path: Any) -> None:
+    """POST /v1/crosscheck answers 503 (not a 500) when the store, not MetaStudio, fails."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from receiver.crosscheck_run import CrossChecker
+    from receiver.errors import StoreUnavailable
+
+    class NeverAsked:
+        async def list_room_jobs(self, room_id: str) -> Any:
+            raise AssertionError("MetaStudio must not be asked when the store cannot be read")
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/no/such/folder/receiver.db")
+    checker = CrossChecker(engine=engine, source=NeverAsked(), endpoints={})
+    with pytest.raises(StoreUnavailable, match="could not use the store"):
+        asyncio.run(checker.run(now=datetime.now(UTC)))
+    engine.dispose()
