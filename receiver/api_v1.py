@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import jobs, queries
+from receiver.bodies import read_body
 from receiver.errors import (
     ApiUnauthorized,
     NotConfigured,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from receiver.app import Runtime
 
 T = TypeVar("T")
+CROSSCHECK_BODY_LIMIT = 4096
 
 
 def _runtime(request: Request) -> Runtime:
@@ -174,9 +176,9 @@ async def list_findings(request: Request) -> Response:
 
 async def run_crosscheck(request: Request) -> Response:
     rt = authorize(request)
+    body = await read_body(request, CROSSCHECK_BODY_LIMIT)  # {"room_id": ...} at most
     if rt.crosschecker is None:
         raise NotConfigured("cross-checking needs a [metastudio] section in the config")
-    body = await request.body()
     room_id = None
     if body.strip():
         try:

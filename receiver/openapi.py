@@ -365,7 +365,8 @@ PATHS: dict[str, dict[str, Schema]] = {
         {
             "200": answer("What the run did and the open findings.", ref("CrosscheckReport")),
             "409": error("No [metastudio] section is configured."),
-            "502": error("MetaStudio did not give an answer."),
+            # MetaStudio failing is not an error of this call: the report says rooms_failed.
+            "413": error("The body is over 4096 bytes (it holds at most a room_id)."),
         },
         secured=True,
         method="post",

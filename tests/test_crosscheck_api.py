@@ -386,3 +386,11 @@ def test_cli_prints_the_report_and_exits_1_when_rooms_failed(
     assert (report["rooms_checked"], report["rooms_failed"]) == (0, 1)
     assert [f["kind"] for f in report["open_findings"]] == ["job_blocked", "metastudio_unreachable"]
     assert "HTTP 500" in err  # the warning names what MetaStudio answered
+
+
+def test_an_oversized_crosscheck_body_is_refused_unread(migrated_url: str) -> None:
+    """The body holds at most a room_id; a large one is a 413, not read into memory."""
+    with TestClient(create_app(make_settings(migrated_url))) as client:
+        answer = client.post("/v1/crosscheck", content=b"{" + b" " * 10_000 + b"}", headers=AUTH)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error_code"] == "RCV.BODY_TOO_LARGE"
