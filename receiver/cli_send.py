@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from receiver.signing import AuthType, SignedUri, TimeUnit
+from receiver.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
 
 EXIT_STORED = 0
 EXIT_NOT_STORED = 1
@@ -230,7 +230,8 @@ def cmd_send(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         answer = sender.deliver(callback, to=args.to, timeout=args.timeout)
     except httpx2.TransportError as exc:
-        print(f"no answer from {_shown(target)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        problem = mask_secrets_in(f"{type(exc).__name__}: {exc}")
+        print(f"no answer from {_shown(target)}: {problem}", file=sys.stderr)
         return EXIT_NOT_STORED
     print(_status_line(answer), file=sys.stderr)
     if answer.json is not None:

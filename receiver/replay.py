@@ -42,7 +42,7 @@ from receiver.sender import (
     deliver,
     retarget,
 )
-from receiver.signing import AuthType, SignedUri, TimeUnit
+from receiver.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
 
 if TYPE_CHECKING:
     import httpx2
@@ -591,7 +591,7 @@ def replay(
 
 def _describe(outcome: Answer | Exception) -> str:
     if isinstance(outcome, Exception):
-        return f"no answer ({type(outcome).__name__}: {outcome})"
+        return mask_secrets_in(f"no answer ({type(outcome).__name__}: {outcome})")
     detail = outcome.json.get("error_msg") if isinstance(outcome.json, dict) else None
     code = outcome.json.get("error_code") if isinstance(outcome.json, dict) else None
     if detail is None:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -350,3 +351,11 @@ def mask_secret(value: str) -> str:
     if not value:
         return ""
     return "****" + value[-4:] if len(value) >= 12 else "****"
+
+
+_SECRET_IN_TEXT = re.compile(r"(hwSecret=)[^&\s'\"]+")
+
+
+def mask_secrets_in(text: str) -> str:
+    """``text`` (an error message that may quote a signed URL) with hwSecret values masked."""
+    return _SECRET_IN_TEXT.sub(r"\1****", text)

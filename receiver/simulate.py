@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 from receiver import sender
 from receiver.errors import ConfigError, MetaStudioError, MetaStudioUnavailable
 from receiver.events import EventType, RtmpState, encode
-from receiver.signing import AuthType, SignedUri, TimeUnit
+from receiver.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
 
 if TYPE_CHECKING:
     import httpx2
@@ -544,7 +544,8 @@ def _send(
     try:
         answer = sender.deliver(aimed, client=client, timeout=timeout)
     except httpx2.TransportError as exc:
-        return Sent(**common, status=0, result=None, detail=f"{type(exc).__name__}: {exc}"[:200])
+        detail = mask_secrets_in(f"{type(exc).__name__}: {exc}")[:200]
+        return Sent(**common, status=0, result=None, detail=detail)
     data = answer.json if isinstance(answer.json, dict) else {}
     result = data.get("result") if answer.status == 200 else data.get("error_code")
     event_id = data.get("event_id") if answer.status == 200 else None

@@ -26,6 +26,7 @@ from receiver.signing import (
     canonical_uri,
     format_hw_time,
     mask_secret,
+    mask_secrets_in,
     parse_hw_time,
     sign,
     sign_request,
@@ -557,3 +558,11 @@ def test_registered_query_that_is_not_utf8_is_a_config_error() -> None:
     bad = policy(registered_url=URL + "?t=%ff")
     with pytest.raises(ConfigError, match="registered_url"):
         check(bad, signed_query(url=URL + "?t=%ff").replace("t=%ff&", ""))
+
+
+def test_secrets_in_error_texts_are_masked() -> None:
+    text = "Invalid URL 'http://h/cb?a=1&hwSecret=5e7fe8869a12&hwTime=66df9308': bad port"
+    masked = mask_secrets_in(text)
+    assert "5e7fe8869a12" not in masked
+    assert "hwSecret=****&hwTime=66df9308" in masked
+    assert mask_secrets_in("no secret here") == "no secret here"
