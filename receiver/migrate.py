@@ -37,6 +37,32 @@ def check(url: str) -> None:
     _with_alembic(url, command.check, commit=False)
 
 
+def require_current(url: str) -> None:
+    """Raise StoreUnavailable unless the database is at the latest migration.
+
+    For ``serve --no-migrate``: replicas that start without DDL rights (migrations run as their
+    own step, e.g. a one-shot container) refuse to serve a schema they were not written for."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    engine = create_engine_for(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise StoreUnavailable(f"cannot read the schema version: {reason}") from exc
+    finally:
+        engine.dispose()
+    if current != heads:
+        found = ", ".join(sorted(current)) or "no schema"
+        raise StoreUnavailable(
+            f"the database is at {found}, not at the latest migration "
+            f"({', '.join(sorted(heads))}): run `metastudio-receiver migrate` first"
+        )
+
+
 def _with_alembic(url: str, action: object, *, commit: bool) -> None:
     assert callable(action)
     engine = create_engine_for(url, pool_size=1)
