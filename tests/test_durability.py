@@ -1,10 +1,15 @@
-"""kill -9 while deliveries are in flight: nothing acknowledged is lost, nothing is stored twice.
+"""kill -9 while deliveries are in flight, many times in a row: nothing acknowledged is lost,
+nothing is stored twice.
 
 PRODUCT.md, "Callback intake": ``200`` only after the delivery is committed to the store; a
 delivery identical to one already stored answers ``duplicate`` and is stored once. A real
 ``serve`` process takes signed deliveries from 16 concurrent senders, is killed with SIGKILL in
 the middle of it, and restarted on the same database; then every answer it gave is checked
-against what the database holds.
+against what the database holds. That is done CYCLES times in a row on the same database. Each
+kill comes once the restarted server has acknowledged LOAD_GOING deliveries (the load is under
+way, however slow the machine), plus a delay drawn (seeded, so a run can be replayed) from
+KILL_DELAY: the group-commit writer cycles every few milliseconds, so the kills land at different
+points of it (a batch being gathered, being committed, its answers being sent).
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from receiver.testing import encode, sign_request
 pytestmark = pytest.mark.slow
 
 WORKERS = 16
-LOAD_SECONDS = 1.0
-CYCLES = 3
+CYCLES = 10
+LOAD_GOING = 50  # deliveries acknowledged in a cycle before its kill delay starts
+KILL_DELAY = (0.0, 0.8)  # seconds from then to the kill, drawn uniformly for each cycle
+SEED = 20261125
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,16 @@ class Tally:
     answers: list[Answer] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     killed_at: float = 0.0
+    going: threading.Event = field(default_factory=threading.Event)  # LOAD_GOING acknowledged
+    acknowledged: int = 0
 
     def add(self, answer: Answer) -> None:
         with self.lock:
             self.answers.append(answer)
+            if answer.status == 200:
+                self.acknowledged += 1
+                if self.acknowledged >= LOAD_GOING:
+                    self.going.set()
 
 
 _numbers = itertools.count(1)
@@ -105,9 +118,10 @@ def _send(client: httpx.Client, base_url: str, delivery: Delivery) -> Answer:
     return Answer(delivery, response.status_code, response.json().get("error_code"))
 
 
-def load_until_killed(server: ServerProcess, cycle: int) -> Tally:
+def load_until_killed(server: ServerProcess, cycle: int, kill_delay: float) -> Tally:
     """16 senders post new deliveries (every 7th sent twice in a row, and now and then one that
-    another sender got acknowledged) until the server is SIGKILLed after LOAD_SECONDS."""
+    another sender got acknowledged) until the server is SIGKILLed ``kill_delay`` seconds after
+    it acknowledged LOAD_GOING of them."""
     tally = Tally()
     stop = threading.Event()
     acked_recently: list[Delivery] = []
@@ -133,12 +147,15 @@ def load_until_killed(server: ServerProcess, cycle: int) -> Tally:
 
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = [pool.submit(sender, w) for w in range(WORKERS)]
-        time.sleep(LOAD_SECONDS)
+        going = tally.going.wait(timeout=60)
+        if going:
+            time.sleep(kill_delay)
         tally.killed_at = time.monotonic()
         server.kill()
         stop.set()
         for future in futures:
             future.result(timeout=30)
+    assert going, f"only {tally.acknowledged} acknowledged in 60 s: the load did not get going"
     return tally
 
 
@@ -181,15 +198,53 @@ def stored_originals(url: str) -> tuple[dict[bytes, list[int]], Counter[int]]:
     return originals, receipts
 
 
+@dataclass
+class Totals:
+    """What the whole run of cycles on one store did; printed even when a check fails."""
+
+    store: str
+    cycles: int = 0
+    requests: int = 0
+    cut: int = 0  # requests in flight at a kill, their connection cut
+    acked: int = 0  # distinct deliveries answered 200
+    lost: set[bytes] = field(default_factory=set)  # bodies acknowledged, then missing
+    doubled: set[bytes] = field(default_factory=set)  # bodies held by more than one row
+    in_flight_committed: int = 0  # deliveries committed without the sender seeing a 200
+
+    def line(self) -> str:
+        return (
+            f"[{self.store}] TOTAL {self.cycles} kill -9 cycles: {self.requests} requests, "
+            f"{self.acked} distinct deliveries acknowledged, {len(self.lost)} acknowledged lost, "
+            f"{len(self.doubled)} stored twice, {self.cut} requests cut by the kills, "
+            f"{self.in_flight_committed} in-flight deliveries committed without an answer"
+        )
+
+
 def test_kill_9_during_load_loses_nothing_acknowledged(
     db_url: str, server_factory: Callable[..., ServerProcess]
+) -> None:
+    store = db_url.split(":")[0].split("+")[0]
+    kill_delays = random.Random(f"{SEED}-{store}")
+    totals = Totals(store)
+    try:
+        _kill_cycles(db_url, server_factory, kill_delays, totals)
+    finally:
+        print(totals.line())
+
+
+def _kill_cycles(
+    db_url: str,
+    server_factory: Callable[..., ServerProcess],
+    kill_delays: random.Random,
+    totals: Totals,
 ) -> None:
     server = server_factory(db_url)
     acked: dict[Delivery, int] = {}  # every delivery answered 200 -> the delivery id it was given
     duplicate_acks: Counter[int] = Counter()
     all_unacked: set[Delivery] = set()
     for cycle in range(1, CYCLES + 1):
-        tally = load_until_killed(server, cycle)
+        kill_delay = kill_delays.uniform(*KILL_DELAY)
+        tally = load_until_killed(server, cycle, kill_delay)
         statuses = Counter(a.status for a in tally.answers)
         assert set(statuses) <= {200, 503, None}, statuses  # no 500, no 4xx for good requests
         conflicting = []
@@ -214,9 +269,17 @@ def test_kill_9_during_load_loses_nothing_acknowledged(
         in_flight_stored = sum(1 for d in unacked if d.body in originals)
         cut = sum(1 for a in tally.answers if a.status is None and a.started < tally.killed_at)
         cycle_acked = {a.delivery for a in tally.answers if a.status == 200}
+        totals.cycles = cycle
+        totals.requests += len(tally.answers)
+        totals.cut += cut
+        totals.acked = len(acked)
+        totals.lost.update(d.body for d in lost)
+        totals.doubled.update(doubled)
+        totals.in_flight_committed += in_flight_stored
         print(
-            f"[{db_url.split(':')[0]}] cycle {cycle}: {len(tally.answers)} requests, "
-            f"{statuses[200]} answered 200 "
+            f"[{totals.store}] cycle {cycle}, killed {kill_delay:.3f} s after the "
+            f"{LOAD_GOING}th acknowledgement: "
+            f"{len(tally.answers)} requests, {statuses[200]} answered 200 "
             f"({sum(1 for a in tally.answers if a.result == 'duplicate')} of them duplicate), "
             f"{cut} in flight at the kill and cut, {statuses[None] - cut} refused after it, "
             f"{statuses[503]} answered 503; "
@@ -225,7 +288,6 @@ def test_kill_9_during_load_loses_nothing_acknowledged(
             f"{len(originals)} deliveries; lost {len(lost)}, doubled {len(doubled)}, "
             f"wrong id {len(wrong_id)}"
         )
-        assert len(cycle_acked) > 50, "the load did not get going before the kill"
         assert lost == []
         assert doubled == {}
         assert wrong_id == []
@@ -240,15 +302,21 @@ def test_kill_9_during_load_loses_nothing_acknowledged(
         for a in again:
             duplicate_acks[a.delivery_id] += 1
 
-    # Finally the deliveries never acknowledged are retried too: each is stored exactly once.
+    # Finally the deliveries never acknowledged are retried too: each is stored exactly once, and
+    # those committed before a kill cut their answer are recognised as duplicates.
+    committed = {d for d in all_unacked if d.body in originals}
     retried = resend_all(server, all_unacked)
     assert all(a.status == 200 for a in retried), Counter(a.status for a in retried)
-    originals, _ = stored_originals(db_url)
+    assert {a.delivery for a in retried if a.result == "duplicate"} == committed
+    originals, receipts = stored_originals(db_url)
     everything = set(acked) | all_unacked
+    totals.lost.update(d.body for d in acked if d.body not in originals)
+    totals.doubled.update(body for body, ids in originals.items() if len(ids) > 1)
     assert all(len(originals[d.body]) == 1 for d in everything)
     assert len(originals) == len({d.body for d in everything})
+    assert all(receipts[i] >= n for i, n in duplicate_acks.items())
     print(
-        f"[{db_url.split(':')[0]}] after retrying the {len(all_unacked)} unacknowledged: "
+        f"[{totals.store}] after retrying the {len(all_unacked)} unacknowledged: "
         f"{Counter(a.result for a in retried)}; store holds {len(originals)} deliveries, "
         f"each once"
     )
