@@ -1,5 +1,7 @@
 """The cross-check run: ask MetaStudio about every room events came from, store what it says, and
 store the findings of ``receiver.crosscheck`` (one row per condition, resolved when it clears).
+A full run also looks through the deliveries received since the last one for a signature that
+carried different bodies, which needs nothing of MetaStudio.
 
 One run at a time: with several replicas on one PostgreSQL, the run holds an advisory lock and a
 replica that cannot take it skips its turn; on SQLite (one process per file) an in-process lock.
@@ -31,16 +33,23 @@ from receiver.errors import (
     StoreUnavailable,
 )
 from receiver.events import EventType
-from receiver.models import Event, Finding, JobSnapshot, UTCDateTime
+from receiver.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, UTCDateTime
+from receiver.signing import AuthType
 
 log = logging.getLogger("receiver.crosscheck")
 
+DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 FINDINGS = Finding.__table__  # type: ignore[attr-defined]
 SNAPSHOTS = JobSnapshot.__table__  # type: ignore[attr-defined]
 
 # Any fixed 64-bit number, different from the migration lock in migrations/env.py.
 CROSSCHECK_LOCK = 0x6D73_7276_6363_6B31
+
+# How long after its received_at a delivery may still commit (the writer retries a busy store),
+# and how far the id order may lag the received_at order: the reused-signature scan looks back
+# this much further than the window alone requires.
+LATE_COMMIT = timedelta(seconds=60)
 
 
 class RoomJobsLike(Protocol):
@@ -100,6 +109,9 @@ class CrossChecker:
         self.concurrency = concurrency
         self._local = asyncio.Lock()
         self.last_report: RunReport | None = None
+        # Where the last full run's reused-signature scan reached (in memory: a restarted or
+        # another replica's checker scans ``lookback`` once, which only re-finds known ones).
+        self._signatures_scanned_to: datetime | None = None
 
     async def run(self, *, room_id: str | None = None, now: datetime | None = None) -> RunReport:
         now = now or datetime.now(UTC)
@@ -159,7 +171,11 @@ class CrossChecker:
                 await self._room(report, room, now)
 
         await asyncio.gather(*(one(room) for room in rooms))
-        report.open_findings = await asyncio.to_thread(self._open_findings, rooms)
+        if room_id is None:
+            # A signature belongs to an endpoint, not a room, and needs nothing of MetaStudio:
+            # every full run looks for reuse, whatever the rooms' queries answered.
+            report.findings_opened += await asyncio.to_thread(self._reused_signatures, now)
+        report.open_findings = await asyncio.to_thread(self._open_findings, rooms, room_id is None)
 
     async def _room(self, report: RunReport, room: str, now: datetime) -> None:
         try:
@@ -287,7 +303,7 @@ class CrossChecker:
             )
         return out
 
-    def _open_findings(self, rooms: list[str]) -> list[dict[str, Any]]:
+    def _open_findings(self, rooms: list[str], full: bool) -> list[dict[str, Any]]:
         from receiver.views import finding_json
 
         query = (
@@ -297,9 +313,83 @@ class CrossChecker:
             .limit(1000)
         )
         if rooms:
-            query = query.where(FINDINGS.c.room_id.in_(rooms))
+            mine = FINDINGS.c.room_id.in_(rooms)
+            if full:  # and the endpoints' findings (no room) that this run looked for
+                mine = sa.or_(mine, FINDINGS.c.kind.in_(rules.DELIVERY_KINDS))
+            query = query.where(mine)
         with self.engine.connect() as conn:
             return [finding_json(row) for row in conn.execute(query)]
+
+    def _reused_signatures(self, now: datetime) -> int:
+        """Store a finding for each signature that carried different bodies (see
+        ``rules.reused_signatures``) among the deliveries received since the last full run.
+
+        No index serves this, on purpose: each one is paid on every insert of the write path.
+        All the deliveries of one signature are received within the endpoint's tolerance of its
+        signing time, so those of a signature with a new member were received at most twice the
+        tolerance before it: the scan reads the id range from there on (the primary key, read
+        backwards from the newest row, finds where it starts) and groups it in the database.
+        """
+        tolerance = max(
+            (e.tolerance_seconds for e in self.endpoints.values() if e.auth_type != AuthType.NONE),
+            default=300.0,
+        )
+        since = (self._signatures_scanned_to or now - self.lookback) - LATE_COMMIT
+        floor = since - timedelta(seconds=2 * tolerance) - LATE_COMMIT
+        d = DELIVERIES
+        body_kept = d.c.status.in_([DeliveryStatus.STORED, DeliveryStatus.UNDECODABLE])
+        key = (d.c.endpoint, d.c.signed_at, d.c.time_unit, d.c.key_index)
+        with self.engine.begin() as conn:
+            start = conn.execute(
+                sa.select(d.c.id).where(d.c.received_at < floor).order_by(d.c.id.desc()).limit(1)
+            ).scalar()
+            in_range = sa.and_(d.c.id > (start or 0), d.c.signed_at.is_not(None), body_kept)
+            reused = (
+                sa.select(*key)
+                .where(in_range)
+                .group_by(*key)
+                .having(
+                    sa.func.count(sa.distinct(d.c.body_sha256)) > 1,
+                    sa.func.max(d.c.received_at, type_=UTCDateTime()) >= since,
+                )
+                .subquery()
+            )
+            members = (
+                sa.select(
+                    d.c.id,
+                    *key,
+                    d.c.body_sha256,
+                    d.c.received_at,
+                    EVENTS.c.id,
+                    EVENTS.c.room_id,
+                    EVENTS.c.job_id,
+                )
+                .select_from(
+                    d.join(reused, sa.and_(*(c == reused.c[c.name] for c in key))).outerjoin(
+                        EVENTS, EVENTS.c.delivery_id == d.c.id
+                    )
+                )
+                .where(in_range)
+            )
+            found = [
+                rules.SignedDelivery(
+                    delivery_id=row[0],
+                    endpoint=row[1],
+                    signed_at=row[2],
+                    time_unit=row[3],
+                    key_index=row[4],
+                    body_sha256=row[5],
+                    received_at=row[6],
+                    event_id=row[7],
+                    room_id=row[8],
+                    job_id=row[9],
+                )
+                for row in conn.execute(members)
+            ]
+            opened = _upsert_findings(conn, rules.reused_signatures(found, self.policy), now)
+        # The run's own now, even if earlier than the last: scanning more is only slower.
+        self._signatures_scanned_to = now
+        return opened
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -435,10 +525,16 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
 
 def _resolvable(complete: bool) -> tuple[str, ...]:
     """The finding kinds a successful query can clear. A partial listing (paging stopped before
-    MetaStudio's count) proves nothing about jobs it does not show: unknown_job stays as it is."""
+    MetaStudio's count) proves nothing about jobs it does not show: unknown_job stays as it is.
+
+    A reused signature is a fact about what was stored, not a state MetaStudio reports: nothing
+    a later run sees clears it, so it stays open (and carries no room for a room's run to
+    resolve). More bodies under the same signature update the same row.
+    """
+    kinds = tuple(kind for kind in rules.ALL_KINDS if kind not in rules.DELIVERY_KINDS)
     if complete:
-        return rules.ALL_KINDS
-    return tuple(kind for kind in rules.ALL_KINDS if kind != rules.UNKNOWN_JOB)
+        return kinds
+    return tuple(kind for kind in kinds if kind != rules.UNKNOWN_JOB)
 
 
 def _iso(value: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -158,3 +159,97 @@ def test_fingerprint_is_one_per_condition() -> None:
 def test_unreadable_job_times_are_ignored_not_fatal(value: Any) -> None:
     assert rules.parse_time(value) is None
     assert rules.OUTSIDE_JOB_WINDOW not in kinds(evaluate([job(start_time=value)], [activity()]))
+
+
+# -- one signature, different bodies -----------------------------------------------------------
+
+SIGNED = datetime(2024, 9, 10, 11, 59, 30, tzinfo=UTC)
+
+
+def signed(delivery_id: int, body: str, after: float, **overrides: Any) -> rules.SignedDelivery:
+    """A delivery of shop-a signed at SIGNED (seconds, first key), received ``after`` s later."""
+    data: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "endpoint": "shop-a",
+        "signed_at": SIGNED,
+        "time_unit": "seconds",
+        "key_index": 0,
+        "body_sha256": body * 64,
+        "received_at": SIGNED + timedelta(seconds=after),
+        "event_id": delivery_id + 100,
+        "room_id": "room-1",
+        "job_id": "job-1",
+    }
+    data.update(overrides)
+    return rules.SignedDelivery(**data)
+
+
+def test_a_signature_that_carried_another_body_later_is_one_finding() -> None:
+    forged = signed(2, "b", 45.0, event_id=None, room_id="room-x", job_id=None)
+    [draft] = rules.reused_signatures([signed(1, "a", 0.4), forged])
+    assert (draft.kind, draft.endpoint, draft.room_id, draft.job_id) == (
+        rules.SIGNATURE_REUSED,
+        "shop-a",
+        None,  # a signature is the endpoint's, and a forged body may name any room
+        None,
+    )
+    assert draft.event_id is None  # the late body did not decode: it has no event
+    assert draft.data["delivery_ids"] == [1, 2] and draft.data["late_delivery_ids"] == [2]
+    assert draft.data["event_ids"] == [101, None]
+    assert draft.data["room_ids"] == ["room-1", "room-x"] and draft.data["job_ids"] == ["job-1"]
+    assert draft.data["signed_at"] == "2024-09-10T11:59:30Z"
+    assert draft.data["spread_seconds"] == pytest.approx(44.6)
+    assert "deliveries 1, 2 (events 101, -)" in draft.detail
+    assert "delivery 2 (event -) may be a captured signed URL" in draft.detail
+    assert "45 s apart" in draft.detail and "MetaStudio retry" in draft.detail
+    assert "one second alike" in draft.detail and "within 10 s" in draft.detail
+
+
+def test_bodies_arriving_together_look_like_metastudios_own_second() -> None:
+    """MetaStudio signs all its callbacks of one second alike: not a finding unless apart."""
+    together = [signed(1, "a", 0.1), signed(2, "b", 0.3), signed(3, "c", 9.9)]
+    assert rules.reused_signatures(together) == []
+    assert len(rules.reused_signatures(together, rules.Policy(reuse_spread=timedelta(0)))) == 1
+    # A third body much later: the finding names all three, the late one as the suspect.
+    [draft] = rules.reused_signatures([*together, signed(4, "d", 120)])
+    assert draft.data["delivery_ids"] == [1, 2, 3, 4]
+    assert draft.data["late_delivery_ids"] == [4] and draft.event_id == 104
+
+
+def test_the_same_body_again_is_no_finding_and_counts_once() -> None:
+    assert rules.reused_signatures([signed(1, "a", 0), signed(2, "a", 200)]) == []
+    [draft] = rules.reused_signatures([signed(1, "a", 0), signed(2, "a", 30), signed(3, "b", 31)])
+    assert draft.data["delivery_ids"] == [1, 3]  # body a first seen at 0, b at 31
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"endpoint": "shop-b"},
+        {"signed_at": SIGNED + timedelta(seconds=1)},
+        {"time_unit": "milliseconds"},  # the same instant, another hwTime text
+        {"key_index": 1},  # signed with the other configured key
+    ],
+)
+def test_another_endpoint_time_unit_or_key_is_another_signature(other: dict[str, Any]) -> None:
+    assert rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60, **other)]) == []
+
+
+def test_reused_signature_fingerprint_is_per_signature_and_says_nothing_secret() -> None:
+    first = rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60)])[0]
+    grown = rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60), signed(3, "c", 90)])[0]
+    assert grown.fingerprint == first.fingerprint  # more bodies: the same condition
+    other_second = {"signed_at": SIGNED + timedelta(seconds=5)}
+    later = rules.reused_signatures(
+        [signed(4, "a", 0, **other_second), signed(5, "b", 60, **other_second)]
+    )
+    assert len(later) == 1 and later[0].fingerprint != first.fingerprint
+    millis = rules.reused_signatures(
+        [signed(1, "a", 0, time_unit="milliseconds"), signed(2, "b", 60, time_unit="milliseconds")]
+    )[0]
+    assert millis.fingerprint != first.fingerprint and "one millisecond alike" in millis.detail
+    # Without a scope the fingerprint is the one stored findings already have.
+    plain = rules.Draft(kind="unknown_job", room_id="r", job_id="j", detail="")
+    key = "\x1f".join(("unknown_job", "r", "j", ""))
+    assert plain.fingerprint == hashlib.sha256(key.encode()).hexdigest()
+    assert "hwSecret" not in first.detail and "secret" not in str(first.data).lower()

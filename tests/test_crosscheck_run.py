@@ -586,6 +586,8 @@ def test_a_replayed_signature_with_a_forged_body_is_stored_then_flagged(world: W
     w.run(w.checker())
     found = w.finding(rules.UNKNOWN_JOB)
     assert (found["job_id"], found["event_id"], found["room_id"]) == (forged_job, forged, ROOM)
+    # Milliseconds apart, the two bodies look like MetaStudio's own callbacks of one second: no
+    # signature_reused with the default reuse_spread (the next test and test_signature_reuse).
     assert w.open_kinds() == [rules.UNKNOWN_JOB]
 
 
@@ -675,3 +677,66 @@ def test_a_store_failure_during_a_run_is_store_unavailable(tmp_path: Any) -> Non
     with pytest.raises(StoreUnavailable, match="could not use the store"):
         asyncio.run(checker.run(now=datetime.now(UTC)))
     engine.dispose()
+
+
+# -- a signature that carried different bodies -------------------------------------------------
+
+
+def reuse_checker(w: World, **metastudio: Any) -> CrossChecker:
+    """A checker that flags different bodies under one signature however close they came (the
+    in-process sends are milliseconds apart; the default spread would take them for
+    MetaStudio's own callbacks of one second)."""
+    configured = w.checker(**metastudio)
+    return CrossChecker(
+        engine=w.engine,
+        source=configured.source,
+        endpoints=configured.endpoints,
+        policy=rules.Policy(reuse_spread=timedelta(0)),
+    )
+
+
+def test_a_reused_signature_is_found_across_runs_without_metastudio_and_stays_open(
+    world: World,
+) -> None:
+    w = world
+    w.fake.add_job(job(start=w.at(-3600)))
+    captured = signed_url(w.at(-30))
+    first = w.send(script(), at=w.at(-30), url=captured)
+    checker = reuse_checker(w)
+    assert w.run(checker).findings_opened == 0  # one body so far
+
+    # The second body comes after that run; MetaStudio cannot be reached for this one.
+    second = w.send(reply(hex_id("forged job"), hex_id("forged room")), at=w.at(-30), url=captured)
+    unreachable = reuse_checker(w, endpoint=f"http://127.0.0.1:{free_port()}")
+    report = w.run(unreachable, after=30)
+    assert report.rooms_failed == 2 and report.findings_opened == 3  # two rooms + the signature
+    found = w.finding(rules.SIGNATURE_REUSED)
+    assert found["endpoint"] == "shop-a" and found["event_id"] == second
+    assert found["data"]["event_ids"] == [first, second] and found["occurrences"] == 1
+    assert found["id"] in [f["id"] for f in report.open_findings]
+
+    # A room's run neither looks for it nor clears it.
+    room_run = w.run(checker, after=40, room_id=ROOM)
+    assert room_run.findings_resolved == 1  # that room's API problem
+    assert found["id"] not in [f["id"] for f in room_run.open_findings]
+    assert w.finding(rules.SIGNATURE_REUSED)["status"] == "open"
+
+    # A third body under the same signature: the same row, now naming three deliveries. A full
+    # run that MetaStudio answers clears the other room's API problem, not this: nothing
+    # MetaStudio says makes a reused signature unused.
+    third = w.send(rtmp("CONNECTED"), at=w.at(-30), url=captured)
+    assert w.run(checker, after=50).findings_resolved == 1
+    row = w.finding(rules.SIGNATURE_REUSED)
+    assert (row["id"], row["status"], row["occurrences"]) == (found["id"], "open", 2)
+    assert row["data"]["event_ids"] == [first, second, third]
+    # Runs read what came since the last one (less a margin for late commits, plus the window
+    # before it): long after, the same deliveries are not read, or counted, again.
+    w.run(checker, after=900)
+    seen = w.finding(rules.SIGNATURE_REUSED)["occurrences"]
+    w.run(checker, after=1000)
+    assert w.finding(rules.SIGNATURE_REUSED)["occurrences"] == seen
+    assert w.finding(rules.SIGNATURE_REUSED)["status"] == "open"
+    # A checker that starts afresh (a restart, another replica) reads its lookback once and
+    # finds the same condition: the same row again, still open.
+    w.run(reuse_checker(w), after=1200)
+    assert [f["id"] for f in w.findings(kind=rules.SIGNATURE_REUSED, status="open")] == [row["id"]]
