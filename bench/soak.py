@@ -332,7 +332,7 @@ def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
     header = (
         f"{'seg':>3}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'non2xx':>7}{'sockerr':>8}"
         f"{'RSS':>7}{'max RSS':>8}{'HWM':>7}{'fds':>5}{'thr':>4}"
-        f"{'db MiB':>8}{'wal MiB' if sqlite else '':>8}{'cores srv/other':>16}"
+        f"{'db MiB':>8}{'wal MiB' if sqlite else '':>8}{'cores srv/db/other':>19}"
         f"{'2xx':>8}{'stored':>8}"
     )
     print(header)
@@ -349,7 +349,7 @@ def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
             f"{s.wrk.latency_ms['99']:>8.2f}{s.wrk.non_2xx:>7}{sum(s.wrk.socket_errors.values()):>8}"
             f"{s.rss_mib:>7.1f}{s.max_rss_mib:>8.1f}{s.hwm_mib:>7.1f}{s.fds:>5}{s.threads:>4}"
             f"{s.sizes['db_bytes'] / 2**20:>8.1f}{wal}"
-            f"{f'{s.cpu.server:.2f}/{s.cpu.other:.2f}':>16}{s.wrk.answered_2xx:>8}{s.stored:>8}"
+            f"{f'{s.cpu.server:.2f}/{s.cpu.store:.2f}/{s.cpu.other:.2f}':>19}{s.wrk.answered_2xx:>8}{s.stored:>8}"
         )
     first, last = run["segments"][0], run["segments"][-1]
     limits, checks = run["limits"], run["checks"]
