@@ -13,7 +13,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from receiver.config import EndpointSettings
@@ -117,7 +117,15 @@ def parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else None
+    if parsed.tzinfo is None or not _EARLIEST <= parsed <= _LATEST:
+        # Years 1 and 9999 are readable but leave no room for the window's skew and grace
+        # (timedelta arithmetic on them overflows): such a time is as good as absent.
+        return None
+    return parsed
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def evaluate_room(

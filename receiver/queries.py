@@ -74,7 +74,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         text = text.replace(fraction.group(0), "." + fraction.group(1)[:6])
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the offset moves it past year 1 or 9999
         raise QueryError(f"{name}: {value[:40]!r} is not a real date and time") from None
 
 

@@ -154,11 +154,24 @@ def test_fingerprint_is_one_per_condition() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [None, "", "yesterday", "2024-09-10 10:00", 12345, "2024-09-10T10:00:00"]
+    "value",
+    [
+        None,
+        "",
+        "yesterday",
+        "2024-09-10 10:00",
+        12345,
+        "2024-09-10T10:00:00",
+        # Readable, but skew and grace arithmetic on them would overflow.
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00Z",
+    ],
 )
-def test_unreadable_job_times_are_ignored_not_fatal(value: Any) -> None:
+@pytest.mark.parametrize("field", ["start_time", "end_time", "lastupdate_time"])
+def test_unreadable_job_times_are_ignored_not_fatal(value: Any, field: str) -> None:
     assert rules.parse_time(value) is None
-    assert rules.OUTSIDE_JOB_WINDOW not in kinds(evaluate([job(start_time=value)], [activity()]))
+    found = kinds(evaluate([job(**{field: value})], [activity()]))
+    assert rules.OUTSIDE_JOB_WINDOW not in found
 
 
 # -- one signature, different bodies -----------------------------------------------------------
