@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -214,16 +215,28 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """``server_factory(database_url, *endpoint_tables, **top_level_keys)`` -> a started server."""
     servers: list[ServerProcess] = []
+    lock = threading.Lock()
 
-    def factory(database_url: str, *endpoints: dict[str, Any], **top: Any) -> ServerProcess:
-        index = len(servers)
-        config = write_config(tmp_path / f"receiver-{index}.toml", database_url, *endpoints, **top)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-        server = ServerProcess(
-            config=config, port=free_port(), env=env, log_path=tmp_path / f"server-{index}.log"
-        )
+    def factory(
+        database_url: str,
+        *endpoints: dict[str, Any],
+        extra_env: dict[str, str] | None = None,
+        **top: Any,
+    ) -> ServerProcess:
+        # Safe to call from several threads (replicas started together); a server is registered
+        # before it starts, so one that fails to come up is still stopped at teardown.
+        with lock:
+            index = len(servers)
+            config = write_config(
+                tmp_path / f"receiver-{index}.toml", database_url, *endpoints, **top
+            )
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+            env.update(extra_env or {})
+            server = ServerProcess(
+                config=config, port=free_port(), env=env, log_path=tmp_path / f"server-{index}.log"
+            )
+            servers.append(server)
         server.start()
-        servers.append(server)
         return server
 
     yield factory
