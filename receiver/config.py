@@ -107,6 +107,10 @@ class Settings:
     store_timeout_seconds: float = 10.0
     # Deliveries waiting for the writer beyond this are refused with 503 at once.
     store_max_pending: int = 20000
+    # A request's line and headers must arrive within this many seconds, and then its body
+    # within as many again; a client slower than that is answered 408 and cut off, so a
+    # byte-a-second sender cannot hold a connection.
+    client_timeout_seconds: float = 10.0
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for endpoint in self.endpoints:
@@ -127,6 +131,7 @@ _TOP_KEYS = {
     "store_batch_max",
     "store_timeout_seconds",
     "store_max_pending",
+    "client_timeout_seconds",
 }
 _ENDPOINT_KEYS = {
     "name",
@@ -208,6 +213,7 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
         store_batch_max=_int(data, "store_batch_max", 512, low=1, high=5000),
         store_timeout_seconds=_number(data, "store_timeout_seconds", 10.0, low=0.1, high=600),
         store_max_pending=_int(data, "store_max_pending", 20000, low=1, high=1_000_000),
+        client_timeout_seconds=_number(data, "client_timeout_seconds", 10.0, low=0.5, high=300),
     )
 
 
