@@ -6,6 +6,10 @@ from starlette.requests import ClientDisconnect, Request
 
 from receiver.errors import BodyTooLarge, ClientGone
 
+# An ASGI scope extension: receiver.http_limits sets it ({"seconds": ...}) when the client was too
+# slow to send the body, answered 408 for the app and cut the connection.
+BODY_TIMED_OUT = "receiver.body_timed_out"
+
 
 def declared_length(request: Request) -> int | None:
     """Content-Length as a number, if it is one (ASCII digits; absurd lengths count as huge)."""
@@ -28,5 +32,10 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise BodyTooLarge(f"body is over the limit of {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
+        timed_out = request.scope.get("extensions", {}).get(BODY_TIMED_OUT)
+        if timed_out is not None:
+            raise ClientGone(
+                f"the body did not arrive within {timed_out.get('seconds')} s; answered 408"
+            ) from None
         raise ClientGone("the client disconnected before the whole body arrived") from None
     return b"".join(chunks)

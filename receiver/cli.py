@@ -46,6 +46,8 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             endpoint.time_unit.value,
             len(endpoint.keys),
         )
+    from receiver.http_limits import DEFAULT_MAX_HEAD_BYTES, protocol_class
+
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -56,7 +58,10 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         server_header=False,
         # Limits set on purpose: slow or hostile clients cannot hold connections for long.
         timeout_keep_alive=15,
-        h11_max_incomplete_event_size=65536,
+        h11_max_incomplete_event_size=DEFAULT_MAX_HEAD_BYTES,
+        # httptools with a bound on the request head and on the time its parts may take
+        # (408/414/431): uvicorn alone has neither, so a byte-a-second client could hold a slot.
+        http=protocol_class(client_timeout=settings.client_timeout_seconds),
         limit_concurrency=2048,
         backlog=2048,
     )

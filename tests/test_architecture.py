@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "receiver.testing.plugin": 6,
     "receiver.api": 6,
     "receiver.app": 7,
+    "receiver.http_limits": 7,
     # commands
     "receiver.demo": 8,
     "receiver.cli_send": 8,
