@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -29,11 +30,14 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import uvicorn
 
     from receiver.app import create_app
-    from receiver.migrate import upgrade
+    from receiver.migrate import require_current, upgrade
 
     settings = _settings(args, environ)
     setup_logging(settings)
-    upgrade(settings.database_url)
+    if args.no_migrate:
+        require_current(settings.database_url)
+    else:
+        upgrade(settings.database_url)
     if not settings.endpoints:
         log.warning("no [[endpoints]] configured: every callback will be answered 404")
     for endpoint in settings.endpoints:
@@ -48,8 +52,10 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
     from receiver.http_limits import DEFAULT_MAX_HEAD_BYTES, protocol_class
 
+    app = create_app(settings)
+    _freeze_startup_objects()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_config=None,
@@ -66,6 +72,17 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         backlog=2048,
     )
     return 0
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up created (modules, the app, its settings) out of the collector's sight.
+
+    A full collection otherwise walks those ~100,000 long-lived objects every time, pausing the
+    event loop (35 ms measured with the ingest path in-process); afterwards it only walks what
+    requests create.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -150,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="run the receiver"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate at start; refuse to serve unless the schema is at the latest "
+        "migration (for replicas, when `migrate` runs as its own step)",
+    )
     serve.set_defaults(run=cmd_serve)
     migrate = with_config(commands.add_parser("migrate", help="apply database migrations"))
     migrate.set_defaults(run=cmd_migrate)

@@ -42,23 +42,25 @@ def require_current(url: str) -> None:
 
     For ``serve --no-migrate``: replicas that start without DDL rights (migrations run as their
     own step, e.g. a one-shot container) refuse to serve a schema they were not written for."""
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
     engine = create_engine_for(url, pool_size=1)
     try:
         with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
+            current: set[str] = set()
+            if sa.inspect(connection).has_table("alembic_version"):
+                rows = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+                current = {row[0] for row in rows}
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise StoreUnavailable(f"cannot read the schema version: {reason}") from exc
     finally:
         engine.dispose()
     if current != heads:
-        found = ", ".join(sorted(current)) or "no schema"
+        found = f"at {', '.join(sorted(current))}" if current else "not migrated"
         raise StoreUnavailable(
-            f"the database is at {found}, not at the latest migration "
+            f"the database is {found}, not at the latest migration "
             f"({', '.join(sorted(heads))}): run `metastudio-receiver migrate` first"
         )
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
-from conftest import endpoint_table, write_config
+from conftest import endpoint_table, free_port, write_config
 
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/receiver"
 
@@ -157,3 +159,34 @@ def test_migrate_defaults_to_receiver_db_in_the_working_directory(tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     assert (workdir / "receiver.db").exists()
     assert {"deliveries", "events"} <= _tables(f"sqlite:///{workdir / 'receiver.db'}")
+
+
+def test_serve_no_migrate_refuses_an_unmigrated_database_then_serves_after_migrate(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The deployment of examples/deploy/: `migrate` as its own step, replicas with --no-migrate."""
+    path = write_config(tmp_path / "r.toml", db_url)
+    line = one_line(run_cli("serve", "--no-migrate", "--config", str(path), cwd=tmp_path))
+    assert "not at the latest migration" in line and "metastudio-receiver migrate" in line, line
+    assert "alembic_version" not in _tables(db_url)  # nothing was created
+    assert run_cli("migrate", "--config", str(path), cwd=tmp_path).returncode == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    serve = [sys.executable, "-m", "receiver", "serve", "--no-migrate", "--config", str(path)]
+    with subprocess.Popen(
+        [*serve, "--port", str(port)], env=env, cwd=tmp_path, stderr=subprocess.PIPE
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "serve --no-migrate did not start"
+                    time.sleep(0.1)
+            assert ready.status_code == 200, ready.text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)

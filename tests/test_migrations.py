@@ -76,7 +76,9 @@ def test_check_does_detect_drift(db_url: str) -> None:
 
 def test_require_current_refuses_an_unmigrated_or_older_schema(db_url: str) -> None:
     """``serve --no-migrate`` starts only on a schema at the latest migration."""
-    with pytest.raises(StoreUnavailable, match=r"no schema.*metastudio-receiver migrate"):
+    with pytest.raises(
+        StoreUnavailable, match=r"not migrated, not at the latest.*metastudio-receiver migrate"
+    ):
         require_current(db_url)
     upgrade(db_url)
     require_current(db_url)  # at head: no error
@@ -89,7 +91,7 @@ def test_require_current_refuses_an_unmigrated_or_older_schema(db_url: str) -> N
             conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": previous})
     finally:
         engine.dispose()
-    with pytest.raises(StoreUnavailable, match=f"at {previous}, not at the latest"):
+    with pytest.raises(StoreUnavailable, match=f"is at {previous}, not at the latest"):
         require_current(db_url)
 
 
