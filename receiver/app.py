@@ -80,6 +80,7 @@ def build_crosschecker(
         policy=Policy(
             window_skew=timedelta(seconds=config.window_skew_seconds),
             grace=timedelta(seconds=config.grace_seconds),
+            reuse_spread=timedelta(seconds=config.reuse_spread_seconds),
         ),
     )
     return checker, source

@@ -82,6 +82,9 @@ class MetaStudioSettings:
     window_skew_seconds: float = 120.0
     # How long a stream/job state disagreement may last before it becomes a finding.
     grace_seconds: float = 300.0
+    # Different bodies under one signature first seen further apart than this are a reused
+    # signature (closer together they are taken for MetaStudio's own callbacks of one second).
+    reuse_spread_seconds: float = 10.0
     # Answers of the job query API are reused for this long (a burst of callbacks is one call).
     cache_seconds: float = 10.0
     timeout_seconds: float = 10.0
@@ -153,6 +156,7 @@ _METASTUDIO_KEYS = {
     "crosscheck_interval_seconds",
     "window_skew_seconds",
     "grace_seconds",
+    "reuse_spread_seconds",
     "cache_seconds",
     "timeout_seconds",
 }
@@ -328,6 +332,9 @@ def _metastudio(raw: object, environ: Mapping[str, str]) -> MetaStudioSettings:
             raw, "window_skew_seconds", 120.0, low=0, high=86400, prefix=prefix
         ),
         grace_seconds=_number(raw, "grace_seconds", 300.0, low=0, high=86400, prefix=prefix),
+        reuse_spread_seconds=_number(
+            raw, "reuse_spread_seconds", 10.0, low=0, high=3600, prefix=prefix
+        ),
         cache_seconds=_number(raw, "cache_seconds", 10.0, low=0, high=3600, prefix=prefix),
         timeout_seconds=_number(raw, "timeout_seconds", 10.0, low=0.1, high=300, prefix=prefix),
     )

@@ -89,33 +89,37 @@ def stored(answer: httpx.Response, result: str = "stored") -> int:
 def checkers(
     db_url: str, base_url: str, endpoint: dict[str, Any]
 ) -> tuple[CrossChecker, CrossChecker, Callable[[], None]]:
-    """(the checker [metastudio] configures, one with reuse_spread SPREAD, close both)."""
-    settings = settings_from_mapping(
-        {
-            "database_url": db_url,
-            "api_tokens": [TOKEN],
-            "endpoints": [endpoint],
-            "metastudio": {
-                "endpoint": base_url,
-                "project_id": fm.DEFAULT_PROJECT_ID,
-                "crosscheck_interval_seconds": 0,
-                "cache_seconds": 0,
-                "timeout_seconds": 5,
+    """(the checker [metastudio] configures by default, one configured with
+    reuse_spread_seconds = SPREAD, close both)."""
+
+    def settings(**metastudio: Any) -> Any:
+        return settings_from_mapping(
+            {
+                "database_url": db_url,
+                "api_tokens": [TOKEN],
+                "endpoints": [endpoint],
+                "metastudio": {
+                    "endpoint": base_url,
+                    "project_id": fm.DEFAULT_PROJECT_ID,
+                    "crosscheck_interval_seconds": 0,
+                    "cache_seconds": 0,
+                    "timeout_seconds": 5,
+                    **metastudio,
+                },
             },
-        },
-        environ=ENV,
-    )
+            environ=ENV,
+        )
+
     engine = create_engine_for(db_url)
-    default, source = build_crosschecker(settings, engine)
-    strict = CrossChecker(
-        engine=engine,
-        source=source,
-        endpoints=default.endpoints,
-        policy=rules.Policy(reuse_spread=SPREAD),
+    default, source = build_crosschecker(settings(), engine)
+    strict, strict_source = build_crosschecker(
+        settings(reuse_spread_seconds=SPREAD.total_seconds()), engine
     )
+    assert strict.policy.reuse_spread == SPREAD
 
     def close() -> None:
         source.close()
+        strict_source.close()
         engine.dispose()
 
     return default, strict, close
