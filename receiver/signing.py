@@ -220,15 +220,30 @@ def _check_query(
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _expected_signatures(
+    keys: tuple[str, ...], registered_url: str, form: SignedUri, hw_time: str
+) -> tuple[bytes, ...]:
+    """Every key's signature for this hwTime, as ASCII bytes.
+
+    Cached: MetaStudio signs every callback of one second (or millisecond) alike, so a busy
+    endpoint verifies the same few hwTime values again and again. The cache holds only what
+    the keys produce, which the process can compute anyway; each request's signature is still
+    compared with every key's, in constant time."""
+    return tuple(
+        sign(key=key, registered_url=registered_url, hw_time=hw_time, form=form).encode("ascii")
+        for key in keys
+    )
+
+
 def _match_key(policy: VerifyPolicy, secret: str, hw_time: str) -> int:
-    given = secret.lower()
+    # The format was checked: 64 hex characters, so ASCII.
+    given = secret.lower().encode("ascii")
     match: int | None = None
+    expected = _expected_signatures(policy.keys, policy.registered_url, policy.signed_uri, hw_time)
     # Every key is tried, each in constant time, so timing does not tell which one matched.
-    for index, key in enumerate(policy.keys):
-        expected = sign(
-            key=key, registered_url=policy.registered_url, hw_time=hw_time, form=policy.signed_uri
-        )
-        if _equal(expected, given) and match is None:
+    for index, signature in enumerate(expected):
+        if hmac.compare_digest(signature, given) and match is None:
             match = index
     if match is None:
         raise SignatureMismatch(

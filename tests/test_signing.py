@@ -246,6 +246,22 @@ def test_wrong_key_mismatch_message_has_no_secret() -> None:
         assert forbidden not in str(caught.value)
 
 
+def test_same_hw_time_again_is_checked_again_not_remembered() -> None:
+    """Expected signatures are cached per (keys, URL, form, hwTime); what a request sent is not.
+    A good request, then a forged one for the same second, then a rotation."""
+    good = signed_query(key=OLD_KEY)
+    assert check(policy(keys=(KEY, OLD_KEY)), good).key_index == 1
+    forged = good.replace(dict(_pairs(good))["hwSecret"], "0" * 64)
+    with pytest.raises(SignatureMismatch):
+        check(policy(keys=(KEY, OLD_KEY)), forged)
+    assert check(policy(keys=(KEY, OLD_KEY)), good).key_index == 1
+    with pytest.raises(SignatureMismatch):  # OLD_KEY rotated out: the same hwTime now fails
+        check(policy(keys=(KEY,)), good)
+    assert check(policy(keys=(OLD_KEY, KEY)), good).key_index == 0
+    with pytest.raises(SignatureMismatch):  # another registered URL, same keys and hwTime
+        check(policy(keys=(KEY, OLD_KEY), registered_url=URL + "-b"), good)
+
+
 def _pairs(query: str) -> list[tuple[str, str]]:
     return [(p.split("=")[0], p.split("=")[1]) for p in query.split("&")]
 
