@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> Starlette:
         source = None
         if settings.metastudio is not None:
             runtime.crosschecker, source = build_crosschecker(settings, reader)
+            runtime.crosschecker.on_outcome = metrics.crosscheck_outcome
         await writer.start()
         await rejections.start()
         periodic = None

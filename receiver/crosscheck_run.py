@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -112,8 +112,26 @@ class CrossChecker:
         # Where the last full run's reused-signature scan reached (in memory: a restarted or
         # another replica's checker scans ``lookback`` once, which only re-finds known ones).
         self._signatures_scanned_to: datetime | None = None
+        # Told how each run ended (metrics); see run().
+        self.on_outcome: Callable[[str], None] | None = None
 
     async def run(self, *, room_id: str | None = None, now: datetime | None = None) -> RunReport:
+        """One cross-check (of one room, or of every room events came from). Raises
+        StoreUnavailable when the store fails; ``on_outcome`` hears "ran", "skipped" (another
+        run holds the lock, here or on another replica) or "store_error"."""
+        try:
+            report = await self._run_once(room_id=room_id, now=now)
+        except StoreUnavailable:
+            self._outcome("store_error")
+            raise
+        self._outcome("skipped" if report.skipped else "ran")
+        return report
+
+    def _outcome(self, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    async def _run_once(self, *, room_id: str | None, now: datetime | None) -> RunReport:
         now = now or datetime.now(UTC)
         clock = time.monotonic()
         report = RunReport(started_at=now)

@@ -51,6 +51,13 @@ class Metrics:
         self.events_stored = Counter(
             "receiver_events_stored", "Decoded events committed to the store.", registry=r
         )
+        self.crosscheck_runs = Counter(
+            "receiver_crosscheck_runs",
+            "Cross-check runs by outcome: ran; skipped (another run held the lock, in this "
+            "process or on another replica); store_error.",
+            ["outcome"],
+            registry=r,
+        )
         self.store_up = Gauge(
             "receiver_store_up", "1 when the last store operation succeeded.", registry=r
         )
@@ -73,6 +80,9 @@ class Metrics:
         )
         if stored:
             self.events_stored.inc(stored)
+
+    def crosscheck_outcome(self, outcome: str) -> None:
+        self.crosscheck_runs.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -674,9 +674,12 @@ def test_a_store_failure_during_a_run_is_store_unavailable(tmp_path: Any) -> Non
 
     engine = sa.create_engine(f"sqlite:///{tmp_path}/no/such/folder/receiver.db")
     checker = CrossChecker(engine=engine, source=NeverAsked(), endpoints={})
+    outcomes: list[str] = []
+    checker.on_outcome = outcomes.append  # what /metrics counts (receiver_crosscheck_runs)
     with pytest.raises(StoreUnavailable, match="could not use the store"):
         asyncio.run(checker.run(now=datetime.now(UTC)))
     engine.dispose()
+    assert outcomes == ["store_error"]
 
 
 # -- a signature that carried different bodies -------------------------------------------------

@@ -392,6 +392,17 @@ def queried_rooms(control: httpx.Client) -> list[str]:
     return [r["path"].split("/smart-live-rooms/")[1].split("/")[0] for r in log]
 
 
+def crosscheck_runs(replica: ServerProcess) -> dict[str, float]:
+    """receiver_crosscheck_runs_total by outcome, as the replica's /metrics shows it."""
+    text = httpx.get(replica.base_url + "/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('receiver_crosscheck_runs_total{outcome="'):
+            outcome = line.split('"')[1]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return {outcome: n for outcome, n in counts.items() if n}
+
+
 def crosscheck_in_turns(
     replicas: list[ServerProcess], pg_url: str, fake_metastudio: FakeMetaStudioServer
 ) -> None:
@@ -469,6 +480,13 @@ def crosscheck_in_turns(
         rows = findings_rows(pg_url)
         assert len(rows) == len(expected)
         assert {row[3] for row in rows} == {2}
+
+    # Each replica's /metrics tells its own side: two turns ran, two were skipped, none failed.
+    runs = [crosscheck_runs(replica) for replica in replicas]
+    assert runs[winner] == {"ran": 1}
+    assert runs[other] == {"skipped": 1, "ran": 1}
+    (third,) = set(range(REPLICAS)) - {winner, other}
+    assert runs[third] == {"skipped": 1}
     print(
         f"crosscheck: replica {winner} ran ({report['rooms_checked']} rooms, "
         f"{report['findings_opened']} findings opened) while replicas {sorted(held)} answered "
