@@ -217,12 +217,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     servers: list[ServerProcess] = []
     lock = threading.Lock()
 
-    def factory(
-        database_url: str,
-        *endpoints: dict[str, Any],
-        extra_env: dict[str, str] | None = None,
-        **top: Any,
-    ) -> ServerProcess:
+    def factory(database_url: str, *endpoints: dict[str, Any], **top: Any) -> ServerProcess:
         # Safe to call from several threads (replicas started together); a server is registered
         # before it starts, so one that fails to come up is still stopped at teardown.
         with lock:
@@ -231,7 +226,6 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
                 tmp_path / f"receiver-{index}.toml", database_url, *endpoints, **top
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-            env.update(extra_env or {})
             server = ServerProcess(
                 config=config, port=free_port(), env=env, log_path=tmp_path / f"server-{index}.log"
             )
