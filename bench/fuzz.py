@@ -73,28 +73,40 @@ import re
 import secrets
 import signal
 import socket
-import string
 import sys
 import tempfile
 import threading
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Connection_
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import psycopg
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from ingest import database
 from procs import Server, free_port, proc_status
-from sqlalchemy.engine import make_url
 
 from receiver.signing import SECRET_HEADER, TIME_HEADER, AuthType, SignedUri, TimeUnit, sign_request
+from receiver.testing import strategies
+from receiver.testing.strategies import (
+    TOKEN_CHARS,
+    deep_bodies,
+    event_bodies,
+    header_names,
+    header_values,
+    loose_ids,
+    mutated_bodies,
+    no_surrogates,
+    query_names,
+    query_values,
+    valid_event_bodies,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -209,154 +221,11 @@ def sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-# --- Strategies: bodies --------------------------------------------------------------------------
+# --- Strategies: bodies (receiver.testing.strategies, shared with the property tests) --------
 
-KNOWN_TYPES = ["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH"]
-no_surrogates = st.characters(exclude_categories=["Cs"])
 # A few ids shared with the query side, so that its filters and /v1/jobs/{job_id} find rows.
 POOL_IDS = ["0", "job-1", "room-1", "a", "é"]
-
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-storable_values = st.recursive(
-    st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        st.floats(allow_nan=False, allow_infinity=False),
-        st.text(no_surrogates, max_size=20),
-    ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.text(no_surrogates, max_size=8), inner, max_size=4),
-    ),
-    max_leaves=12,
-)
-valid_ids = st.one_of(
-    st.sampled_from(POOL_IDS),
-    st.text(no_surrogates, min_size=1, max_size=40).filter(lambda t: t.strip(" \t\r\n")),
-    st.integers(min_value=0, max_value=2**63 - 1),
-)
-any_ids = st.one_of(
-    valid_ids, st.text(max_size=40), st.sampled_from(["", " ", "x" * 129]), json_values
-)
-
-
-def dumps(value: Any, ascii_only: bool) -> bytes:
-    # surrogatepass: lone surrogates become bytes that are not UTF-8, as a broken sender's would.
-    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-
-
-@st.composite
-def valid_event_bodies(draw: st.DrawFn) -> bytes:
-    """Bodies that decode: the documented fields with the right types, unknown fields around."""
-    event_type = draw(st.sampled_from([*KNOWN_TYPES, "CUSTOM_EVENT"]))
-    message: dict[str, Any] = {"room_id": draw(valid_ids), "job_id": draw(valid_ids)}
-    if event_type == "SHOOT_SCRIPT_SWITCH":
-        number = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-        message["shoot_script_sequence_no"] = draw(number | number.map(str))
-        message["shoot_script_title"] = draw(st.text(no_surrogates, max_size=30))
-    elif event_type == "RTMP_STREAM_STATE_CHANGE":
-        states = ["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END", "paused"]
-        message["state"] = draw(st.sampled_from(states))
-        message["stream_key"] = draw(st.text(no_surrogates, max_size=30))
-    elif event_type == "REPLY_COMMAND_FINISH":
-        message["reply_id"] = draw(valid_ids)
-    for key, value in draw(
-        st.dictionaries(st.text(no_surrogates, max_size=8), storable_values, max_size=3)
-    ).items():
-        message.setdefault(key, value)
-    inner: Any = message
-    if draw(st.booleans()):
-        inner = json.dumps(message, ensure_ascii=draw(st.booleans()))
-    document: dict[str, Any] = {"event_type": event_type, "message": inner}
-    for key, value in draw(
-        st.dictionaries(st.text(no_surrogates, max_size=8), storable_values, max_size=2)
-    ).items():
-        document.setdefault(key, value)
-    return json.dumps(document, ensure_ascii=draw(st.booleans())).encode("utf-8")
-
-
-@st.composite
-def event_bodies(draw: st.DrawFn) -> bytes:
-    """Bodies shaped like MetaStudio's, right or subtly wrong."""
-    event_type = draw(st.one_of(st.sampled_from(KNOWN_TYPES), st.text(max_size=140), json_values))
-    message = draw(
-        st.fixed_dictionaries(
-            {},
-            optional={
-                "room_id": any_ids,
-                "job_id": any_ids,
-                "state": st.one_of(
-                    st.sampled_from(["CONNECTING", "connected", " END "]), json_values
-                ),
-                "shoot_script_sequence_no": st.one_of(
-                    st.integers(min_value=-(2**65), max_value=2**65),
-                    st.from_regex(r"\A[ +-]?[0-9]{1,40} ?\Z"),
-                    json_values,
-                ),
-                "shoot_script_title": json_values,
-                "reply_id": any_ids,
-                "stream_key": json_values,
-            },
-        )
-        | st.dictionaries(st.text(max_size=10), json_values, max_size=5)
-    )
-    inner: Any = message
-    how = draw(st.sampled_from(["string", "object", "other"]))
-    if how == "string":
-        inner = dumps(message, draw(st.booleans())).decode("utf-8", "surrogatepass")
-    elif how == "other":
-        inner = draw(json_values)
-    document: dict[str, Any] = {"event_type": event_type, "message": inner}
-    if draw(st.booleans()):
-        document.pop(draw(st.sampled_from(["event_type", "message"])), None)
-    return dumps(document, draw(st.booleans()))
-
-
-@st.composite
-def deep_bodies(draw: st.DrawFn) -> bytes:
-    depth = draw(st.integers(min_value=1, max_value=3000))
-    kind = draw(st.sampled_from(["list", "object", "in-message-string", "unbalanced"]))
-    if kind == "list":
-        nested = b"[" * depth + b"]" * depth
-    elif kind == "object":
-        nested = b'{"a":' * depth + b"1" + b"}" * depth
-    elif kind == "in-message-string":
-        inner = '{"a":' * depth + "1" + "}" * depth
-        return dumps({"event_type": "X", "message": inner}, True)
-    else:
-        nested = b"[" * depth
-    return b'{"event_type":"X","message":{"deep":' + nested + b"}}"
-
-
-@st.composite
-def mutated_bodies(draw: st.DrawFn) -> bytes:
-    body = bytearray(draw(st.one_of(valid_event_bodies(), event_bodies())))
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        if not body:
-            break
-        index = draw(st.integers(min_value=0, max_value=len(body) - 1))
-        action = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if action == "flip":
-            body[index] ^= draw(st.integers(min_value=1, max_value=255))
-        elif action == "cut":
-            del body[index:]
-        else:
-            body[index:index] = draw(st.binary(min_size=1, max_size=4))
-    return bytes(body)
+valid_ids = st.one_of(st.sampled_from(POOL_IDS), strategies.valid_ids)
 
 
 @st.composite
@@ -371,10 +240,10 @@ def near_limit_bodies(draw: st.DrawFn) -> bytes:
 
 
 bodies = st.one_of(
-    valid_event_bodies(),
+    valid_event_bodies(valid_ids),
     st.binary(max_size=300),
-    event_bodies(),
-    deep_bodies(),
+    event_bodies(loose_ids(valid_ids)),
+    deep_bodies(max_depth=3000),
     mutated_bodies(),
     st.sampled_from([b"", b"{}", b"null", b"[]", b"\xef\xbb\xbf{}", b"\x00" * 8, b"\xff"]),
     near_limit_bodies(),
@@ -382,52 +251,10 @@ bodies = st.one_of(
 
 # --- Strategies: query strings, headers, names, methods, paths -----------------------------------
 
-names_in_query = st.one_of(
-    st.sampled_from(["hwSecret", "hwTime", "hwsecret", "tenant", "a", "b", "token", ""]),
-    st.text(no_surrogates, max_size=12),
-)
-values_in_query = st.one_of(
-    st.text(no_surrogates, max_size=20),
-    st.text("0123456789abcdefABCDEF", min_size=1, max_size=70),
-    st.sampled_from(["acme", "1", "2", "66df9308", TOKEN[:-1] + "X", TOKEN.upper(), ""]),
-)
-raw_queries = st.text(no_surrogates, max_size=80).map(
-    lambda text: quote(text, safe="=&%+;,/?:@!$'()*[]")
-)
-encoded_queries = st.lists(st.tuples(names_in_query, values_in_query), max_size=6).map(urlencode)
-arbitrary_queries = st.one_of(st.just(""), raw_queries, encoded_queries)
-
-TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
-FRAMING = {"host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade"}
-header_names = st.one_of(
-    st.sampled_from(
-        [
-            SECRET_HEADER,
-            TIME_HEADER,
-            "X-HW-MSS-Secret",
-            "X-Hw-Mss-Time",
-            "content-type",
-            "Content-Encoding",
-            "user-agent",
-            "x-request-id",
-            "X-Forwarded-For",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
-            "authorization",
-            "cookie",
-            "x-receiver-replay",
-            "accept-encoding",
-        ]
-    ),
-    st.text(TOKEN_CHARS, min_size=1, max_size=24),
-).filter(lambda name: name.lower() not in FRAMING)
-VALUE_CHARS = "\t" + "".join(map(chr, range(0x20, 0x7F))) + "".join(map(chr, range(0x80, 0x100)))
-header_values = st.one_of(
-    st.text(VALUE_CHARS, max_size=80),
-    st.text("0123456789abcdef", min_size=1, max_size=70),
-    st.just("x" * 700),
-).map(lambda text: text.strip(" \t").encode("latin-1"))
+# Near-misses of the NONE endpoint's URL credential among the query values.
+CREDENTIAL_MISSES = [TOKEN[:-1] + "X", TOKEN.upper()]
+values_in_query = query_values(CREDENTIAL_MISSES)
+arbitrary_queries = strategies.arbitrary_queries(CREDENTIAL_MISSES)
 arbitrary_headers = st.lists(
     st.tuples(header_names.map(lambda n: n.encode("ascii")), header_values), max_size=6
 )
@@ -540,14 +367,14 @@ def signed_callbacks(draw: st.DrawFn) -> Signed:
     flips = draw(st.lists(st.booleans(), min_size=14, max_size=14))
     return Signed(
         endpoint=endpoint,
-        body=draw(st.one_of(valid_event_bodies(), valid_event_bodies(), bodies)),
+        body=draw(st.one_of(valid_event_bodies(valid_ids), valid_event_bodies(valid_ids), bodies)),
         headers=draw(harmless_headers),
         key=draw(st.sampled_from(endpoint.keys)) if endpoint.keys else "",
         offset=draw(st.floats(min_value=-100, max_value=100)),
         unit=unit,
         extra_pairs=draw(
             st.lists(
-                st.tuples(names_in_query.filter(lambda n: n != "token"), values_in_query),
+                st.tuples(query_names.filter(lambda n: n != "token"), values_in_query),
                 max_size=3,
             )
         )
@@ -648,7 +475,7 @@ def intake_requests(draw: st.DrawFn) -> list[Req]:
         other = draw(st.sampled_from(others))
         path = f"/callbacks/{other.name}"
     elif how == "query":
-        junk = draw(st.tuples(names_in_query, values_in_query))
+        junk = draw(st.tuples(query_names, values_in_query))
         if junk[0] in ("hwSecret", "hwTime"):
             junk = ("x" + junk[0], junk[1])
         query = "&".join(filter(None, [query, urlencode([junk])]))
@@ -988,27 +815,6 @@ def drive(
 # --- Server, store, memory ------------------------------------------------------------------------
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def database(store: str, workdir: Path, pg_server: str) -> Iterator[str]:
-    """A fresh, empty database URL for one run; a PostgreSQL one is dropped afterwards."""
-    if store == "sqlite":
-        yield f"sqlite:///{workdir / 'fuzz.db'}"
-        return
-    name = f"bench_fuzz_{secrets.token_hex(6)}"
-    admin = _libpq(make_url(pg_server).set(database="postgres").render_as_string(False))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def receiver_server(workdir: Path, database_url: str) -> Server:
     port = free_port()
     config = workdir / "receiver.toml"
@@ -1232,7 +1038,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally(answered=answered)
     with (
         tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp,
-        database(args.store, Path(tmp), args.pg_url) as url,
+        database(args.store, Path(tmp), args.pg_url, tag="fuzz") as url,
     ):
         server = receiver_server(Path(tmp), url)
         print(f"[{args.store}] starting the receiver ...", file=sys.stderr, flush=True)

@@ -130,12 +130,13 @@ def _libpq(url: str) -> str:
 
 
 @contextlib.contextmanager
-def database(store: str, workdir: Path, pg_server: str) -> Iterator[str]:
-    """A fresh, empty database URL for one run; a PostgreSQL one is dropped afterwards."""
+def database(store: str, workdir: Path, pg_server: str, *, tag: str = "ingest") -> Iterator[str]:
+    """A fresh, empty database URL for one run; a PostgreSQL one is dropped afterwards.
+    ``tag`` names the benchmark in the PostgreSQL database's name."""
     if store == "sqlite":
         yield f"sqlite:///{workdir / 'bench.db'}"
         return
-    name = f"bench_ingest_{secrets.token_hex(6)}"
+    name = f"bench_{tag}_{secrets.token_hex(6)}"
     admin = _libpq(make_url(pg_server).set(database="postgres").render_as_string(False))
     with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

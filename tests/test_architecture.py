@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "receiver.events": 1,
     "receiver.config": 2,
     "receiver.views": 2,
+    "receiver.testing.strategies": 2,
     # data access, the MetaStudio client, pure tools
     "receiver.store_write": 3,
     "receiver.queries": 3,

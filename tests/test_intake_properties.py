@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +39,17 @@ from receiver.signing import (
     SignedUri,
     TimeUnit,
 )
-from receiver.testing import sign_request
+from receiver.testing import sign_request, strategies
+from receiver.testing.strategies import (
+    arbitrary_headers,
+    deep_bodies,
+    event_bodies,
+    mutated_bodies,
+    no_surrogates,
+    query_names,
+    query_values,
+    valid_event_bodies,
+)
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
@@ -89,166 +98,12 @@ ENDPOINTS = [
     Endpoint("open", f"{HOOKS}open", AuthType.NONE, open=True),
 ]
 BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
-KNOWN_TYPES = ["SHOOT_SCRIPT_SWITCH", "RTMP_STREAM_STATE_CHANGE", "REPLY_COMMAND_FINISH"]
 # Headers that frame the request itself: a client cannot send arbitrary values for them and still
 # have a request (they are exercised on their own in test_intake.py).
 FRAMING = {"host", "content-length", "transfer-encoding", "connection", "expect", "te", "upgrade"}
 
 
-# --- strategies: bodies
-
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-ids = st.one_of(
-    st.text(max_size=40),
-    st.integers(),
-    st.sampled_from(["room-1", "job-1", "", " ", "x" * 129]),
-    json_values,
-)
-
-
-def dumps(value: Any, ascii_only: bool) -> bytes:
-    # surrogatepass: lone surrogates become bytes that are not UTF-8, as a broken sender's would.
-    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-
-
-@st.composite
-def event_bodies(draw: st.DrawFn) -> bytes:
-    """Bodies shaped like MetaStudio's, right or subtly wrong."""
-    event_type = draw(st.one_of(st.sampled_from(KNOWN_TYPES), st.text(max_size=140), json_values))
-    message = draw(
-        st.fixed_dictionaries(
-            {},
-            optional={
-                "room_id": ids,
-                "job_id": ids,
-                "state": st.one_of(
-                    st.sampled_from(["CONNECTING", "connected", " END ", "NEW"]), json_values
-                ),
-                "shoot_script_sequence_no": st.one_of(
-                    st.integers(min_value=-(2**65), max_value=2**65),
-                    st.from_regex(r"\A[ +-]?[0-9]{1,40} ?\Z"),
-                    json_values,
-                ),
-                "shoot_script_title": json_values,
-                "reply_id": ids,
-                "stream_key": json_values,
-                "output_url": json_values,
-            },
-        )
-        | st.dictionaries(st.text(max_size=10), json_values, max_size=5)
-    )
-    ascii_only = draw(st.booleans())
-    inner: Any = message
-    how = draw(st.sampled_from(["string", "object", "other"]))
-    if how == "string":
-        inner = dumps(message, draw(st.booleans())).decode("utf-8", "surrogatepass")
-    elif how == "other":
-        inner = draw(json_values)
-    document: dict[str, Any] = {"event_type": event_type, "message": inner}
-    document.update(draw(st.dictionaries(st.text(max_size=10), json_values, max_size=3)))
-    if draw(st.booleans()):
-        document.pop(draw(st.sampled_from(["event_type", "message"])), None)
-    return dumps(document, ascii_only)
-
-
-no_surrogates = st.characters(exclude_categories=["Cs"])
-storable_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(no_surrogates, max_size=20),
-)
-storable_values = st.recursive(
-    storable_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.text(no_surrogates, max_size=8), inner, max_size=4),
-    ),
-    max_leaves=20,
-)
-valid_ids = st.one_of(
-    st.text(no_surrogates, min_size=1, max_size=40).filter(lambda t: t.strip(" \t\r\n")),
-    st.integers(min_value=0, max_value=2**63 - 1),
-)
-
-
-@st.composite
-def valid_event_bodies(draw: st.DrawFn) -> bytes:
-    """Bodies that decode: every documented field of the right type, unknown fields around."""
-    event_type = draw(st.sampled_from([*KNOWN_TYPES, "CUSTOM_EVENT"]))
-    message: dict[str, Any] = {"room_id": draw(valid_ids), "job_id": draw(valid_ids)}
-    if event_type == "SHOOT_SCRIPT_SWITCH":
-        number = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-        message["shoot_script_sequence_no"] = draw(number | number.map(str))
-        message["shoot_script_title"] = draw(st.text(no_surrogates, max_size=30))
-    elif event_type == "RTMP_STREAM_STATE_CHANGE":
-        states = ["CONNECTING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "END", "paused"]
-        message["state"] = draw(st.sampled_from(states))
-        message["stream_key"] = draw(st.text(no_surrogates, max_size=30))
-    elif event_type == "REPLY_COMMAND_FINISH":
-        message["reply_id"] = draw(valid_ids)
-    for key, value in draw(
-        st.dictionaries(st.text(no_surrogates, max_size=8), storable_values, max_size=3)
-    ).items():
-        message.setdefault(key, value)
-    as_string = draw(st.booleans())
-    document: dict[str, Any] = {
-        "event_type": event_type,
-        "message": json.dumps(message, ensure_ascii=draw(st.booleans())) if as_string else message,
-    }
-    for key, value in draw(
-        st.dictionaries(st.text(no_surrogates, max_size=8), storable_values, max_size=2)
-    ).items():
-        document.setdefault(key, value)
-    return json.dumps(document, ensure_ascii=draw(st.booleans())).encode("utf-8")
-
-
-@st.composite
-def deep_bodies(draw: st.DrawFn) -> bytes:
-    depth = draw(st.integers(min_value=1, max_value=600))
-    kind = draw(st.sampled_from(["list", "object", "in-message-string", "unbalanced"]))
-    if kind == "list":
-        nested = b"[" * depth + b"]" * depth
-    elif kind == "object":
-        nested = b'{"a":' * depth + b"1" + b"}" * depth
-    elif kind == "in-message-string":
-        inner = '{"a":' * depth + "1" + "}" * depth
-        return dumps({"event_type": "X", "message": inner}, True)
-    else:
-        nested = b"[" * depth
-    return b'{"event_type":"X","message":{"deep":' + nested + b"}}"
-
-
-@st.composite
-def mutated_bodies(draw: st.DrawFn) -> bytes:
-    body = bytearray(draw(event_bodies()))
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        if not body:
-            break
-        index = draw(st.integers(min_value=0, max_value=len(body) - 1))
-        action = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if action == "flip":
-            body[index] ^= draw(st.integers(min_value=1, max_value=255))
-        elif action == "cut":
-            del body[index:]
-        else:
-            body[index:index] = draw(st.binary(min_size=1, max_size=4))
-    return bytes(body)
-
+# --- strategies: bodies (receiver.testing.strategies), query strings, headers, names
 
 bodies = st.one_of(
     valid_event_bodies(),
@@ -259,60 +114,10 @@ bodies = st.one_of(
     st.sampled_from([b"", b"{}", b"null", b"\xef\xbb\xbf{}", b"\x00" * 8]),
     st.integers(min_value=LIMIT - 2, max_value=LIMIT + 2).map(lambda n: b"x" * n),
 )
-
-
-# --- strategies: query strings, headers, names
-
-no_surrogates = st.characters(exclude_categories=["Cs"])
-names_in_query = st.one_of(
-    st.sampled_from(["hwSecret", "hwTime", "hwsecret", "tenant", "a", "b", "v", "token", ""]),
-    st.text(no_surrogates, max_size=12),
-)
-values_in_query = st.one_of(
-    st.text(no_surrogates, max_size=20),
-    st.text("0123456789abcdefABCDEF", min_size=1, max_size=70),
-    st.sampled_from(["acme", "1", "2", "66df9308", TOKEN[:-1] + "X", TOKEN.upper(), ""]),
-)
-raw_queries = st.text(no_surrogates, max_size=80).map(
-    lambda text: quote(text, safe="=&%+;,/?:@!$'()*[]")
-)
-encoded_queries = st.lists(st.tuples(names_in_query, values_in_query), max_size=6).map(urlencode)
-arbitrary_queries = st.one_of(st.just(""), raw_queries, encoded_queries)
-
-TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
-header_names = st.one_of(
-    st.sampled_from(
-        [
-            SECRET_HEADER,
-            TIME_HEADER,
-            "X-HW-MSS-Secret",
-            "X-Hw-Mss-Time",
-            "content-type",
-            "Content-Encoding",
-            "user-agent",
-            "x-request-id",
-            "X-Forwarded-For",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "x-real-ip",
-            "forwarded",
-            "authorization",
-            "cookie",
-            "x-receiver-replay",
-        ]
-    ),
-    st.text(TOKEN_CHARS, min_size=1, max_size=24),
-).filter(lambda name: name.lower() not in FRAMING)
-# RFC 9110 field values: visible ASCII, obs-text (0x80-0xFF), and inner spaces and tabs.
-VALUE_CHARS = (
-    "\t" + "".join(chr(c) for c in range(0x20, 0x7F)) + "".join(chr(c) for c in range(0x80, 0x100))
-)
-header_values = st.one_of(
-    st.text(VALUE_CHARS, max_size=80),
-    st.text("0123456789abcdef", min_size=1, max_size=70),
-    st.just("x" * 700),
-).map(lambda text: text.strip(" \t").encode("latin-1"))
-arbitrary_headers = st.lists(st.tuples(header_names, header_values), max_size=6)
+# Near-misses of the NONE endpoint's URL credential among the query values.
+CREDENTIAL_MISSES = [TOKEN[:-1] + "X", TOKEN.upper()]
+values_in_query = query_values(CREDENTIAL_MISSES)
+arbitrary_queries = strategies.arbitrary_queries(CREDENTIAL_MISSES)
 
 endpoint_names = st.one_of(
     st.sampled_from([e.name for e in ENDPOINTS]),
@@ -363,7 +168,7 @@ def signed_requests(draw: st.DrawFn) -> SignedAttempt:
         lambda pairs: [(n, v) for n, v in pairs if n.lower() not in (SECRET_HEADER, TIME_HEADER)]
     )
     extra = st.lists(
-        st.tuples(names_in_query.filter(lambda n: n != "token"), values_in_query), max_size=4
+        st.tuples(query_names.filter(lambda n: n != "token"), values_in_query), max_size=4
     )
     return SignedAttempt(
         name=endpoint.name,
@@ -618,7 +423,7 @@ def test_signed_requests_that_are_tampered_with_are_never_stored(
         attempt=signed_requests().filter(lambda a: a.endpoint.auth is not AuthType.NONE),
         how=st.sampled_from(["endpoint", "query", "time", "secret", "drop", "stale"]),
         other=st.sampled_from(signed_only),
-        junk=st.tuples(names_in_query, values_in_query),
+        junk=st.tuples(query_names, values_in_query),
         position=st.integers(min_value=0, max_value=63),
     )
     @example(signed_example("shop-a", VALID_BODY), "endpoint", BY_NAME["shop-p"], ("a", "1"), 0)
