@@ -25,12 +25,16 @@ from typing import Any
 import httpx2 as httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from receiver.app import create_app
 from receiver.config import Settings, settings_from_mapping
 from receiver.migrate import upgrade
+from receiver.signing import AuthType
+from receiver.store import DELIVERIES, create_engine_for
+from receiver.testing import sign_request
 
 PG_ADMIN_URL = os.environ.get(
     "RECEIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -127,6 +131,35 @@ def app_client(migrated_url: str) -> Iterator[Callable[..., TestClient]]:
     yield factory
     for client in clients:
         client.__exit__(None, None, None)
+
+
+def signed_path(when: float | None = None) -> str:
+    """The path and query MetaStudio posts to for REGISTERED: MSS_A with KEY, signed ``when``
+    (now by default), as a server on loopback receives it."""
+    url, headers = sign_request(
+        registered_url=REGISTERED,
+        auth_type=AuthType.MSS_A,
+        key=KEY,
+        when=time.time() if when is None else when,
+    )
+    assert not headers
+    return url.removeprefix("https://hooks.example.com")
+
+
+def stored_bodies(url: str) -> dict[bytes, list[int]]:
+    """body -> ids of the delivery rows that hold it (originals; duplicate receipts hold none)."""
+    engine = create_engine_for(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            stored: dict[bytes, list[int]] = {}
+            query = sa.select(DELIVERIES.c.body, DELIVERIES.c.id).where(
+                DELIVERIES.c.dedup_key.is_not(None)
+            )
+            for body, delivery_id in conn.execute(query):
+                stored.setdefault(bytes(body), []).append(delivery_id)
+    finally:
+        engine.dispose()
+    return stored
 
 
 def free_port() -> int:

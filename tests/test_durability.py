@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
-from conftest import KEY, REGISTERED, ServerProcess
+from conftest import ServerProcess, signed_path, stored_bodies
 
-from receiver.signing import AuthType
 from receiver.store import DELIVERIES, create_engine_for
-from receiver.testing import encode, sign_request
+from receiver.testing import encode
 
 pytestmark = pytest.mark.slow
 
@@ -89,11 +88,7 @@ def new_delivery(cycle: int, worker: int) -> Delivery:
             "shoot_script_sequence_no": str(n),
         },
     )
-    url, headers = sign_request(
-        registered_url=REGISTERED, auth_type=AuthType.MSS_A, key=KEY, when=time.time()
-    )
-    assert not headers
-    return Delivery(url.removeprefix("https://hooks.example.com"), body)
+    return Delivery(signed_path(), body)
 
 
 def send(client: httpx.Client, base_url: str, delivery: Delivery) -> Answer:
@@ -179,15 +174,10 @@ def resend_all(server: ServerProcess, deliveries: Iterable[Delivery]) -> list[An
 
 def stored_originals(url: str) -> tuple[dict[bytes, list[int]], Counter[int]]:
     """body -> ids of the rows that hold it; original id -> number of duplicate receipts."""
+    originals: dict[bytes, list[int]] = defaultdict(list, stored_bodies(url))
     engine = create_engine_for(url, pool_size=1)
     try:
         with engine.connect() as conn:
-            originals: dict[bytes, list[int]] = defaultdict(list)
-            query = sa.select(DELIVERIES.c.id, DELIVERIES.c.body).where(
-                DELIVERIES.c.dedup_key.is_not(None)
-            )
-            for delivery_id, body in conn.execute(query):
-                originals[bytes(body)].append(delivery_id)
             receipts = Counter(
                 conn.execute(
                     sa.select(DELIVERIES.c.duplicate_of).where(DELIVERIES.c.status == "duplicate")

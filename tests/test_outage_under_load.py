@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,13 +31,16 @@ from pathlib import Path
 import httpx2 as httpx
 import psycopg
 import pytest
-import sqlalchemy as sa
-from conftest import KEY, REGISTERED, REQUIRE_PG, ServerProcess, free_port
+from conftest import (
+    REQUIRE_PG,
+    ServerProcess,
+    free_port,
+    signed_path,
+    stored_bodies,
+)
 from sqlalchemy.engine import make_url
 
-from receiver.signing import AuthType
-from receiver.store import DELIVERIES, create_engine_for
-from receiver.testing import encode, sign_request
+from receiver.testing import encode
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +103,7 @@ def new_delivery(run: str, worker: int) -> Delivery:
             "shoot_script_sequence_no": str(n),
         },
     )
-    url, headers = sign_request(
-        registered_url=REGISTERED, auth_type=AuthType.MSS_A, key=KEY, when=time.time()
-    )
-    assert not headers
-    return Delivery(url.removeprefix("https://hooks.example.com"), body)
+    return Delivery(signed_path(), body)
 
 
 def post(client: httpx.Client, base_url: str, delivery: Delivery) -> Answer:
@@ -217,22 +216,6 @@ def resend(base_url: str, deliveries: Sequence[Delivery]) -> list[Answer]:
     finally:
         for client in clients:
             client.close()
-
-
-def stored_bodies(url: str) -> dict[bytes, list[int]]:
-    """body -> ids of the delivery rows that hold it (receipts of duplicates hold no body)."""
-    engine = create_engine_for(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            stored: dict[bytes, list[int]] = defaultdict(list)
-            query = sa.select(DELIVERIES.c.body, DELIVERIES.c.id).where(
-                DELIVERIES.c.dedup_key.is_not(None)
-            )
-            for body, delivery_id in conn.execute(query):
-                stored[bytes(body)].append(delivery_id)
-    finally:
-        engine.dispose()
-    return stored
 
 
 def outage_under_load(

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-import sqlalchemy as sa
-from conftest import KEY, REGISTERED, ServerProcess, free_port, write_config
+from conftest import (
+    ServerProcess,
+    free_port,
+    signed_path,
+    stored_bodies,
+    write_config,
+)
 from sqlalchemy.engine import make_url
 
-from receiver.signing import AuthType
-from receiver.store import DELIVERIES, create_engine_for
-from receiver.testing import encode, sign_request
+from receiver.testing import encode
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +57,7 @@ class Sender:
             "RTMP_STREAM_STATE_CHANGE",
             {"room_id": "room-1", "job_id": "job-1", "state": "CONNECTED", "n": self.number},
         )
-        url, _ = sign_request(
-            registered_url=REGISTERED, auth_type=AuthType.MSS_A, key=KEY, when=time.time()
-        )
-        return url.removeprefix("https://hooks.example.com"), body
+        return signed_path(), body
 
     def post(self, delivery: tuple[str, bytes] | None = None) -> tuple[httpx.Response, float]:
         delivery = delivery or self.new()
@@ -117,17 +117,7 @@ class Sender:
     def check_stored(self, url: str) -> None:
         """Every delivery answered 200 is in the store, once, with the id it was given."""
         assert 500 not in self.statuses
-        engine = create_engine_for(url, pool_size=1)
-        try:
-            with engine.connect() as conn:
-                query = sa.select(DELIVERIES.c.body, DELIVERIES.c.id).where(
-                    DELIVERIES.c.dedup_key.is_not(None)
-                )
-                stored: dict[bytes, list[int]] = {}
-                for body, delivery_id in conn.execute(query):
-                    stored.setdefault(bytes(body), []).append(delivery_id)
-        finally:
-            engine.dispose()
+        stored = stored_bodies(url)
         for (_, body), delivery_id in self.acked.items():
             assert stored.get(body) == [delivery_id]
         assert all(len(ids) == 1 for ids in stored.values())

@@ -28,13 +28,18 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
-from conftest import KEY, REGISTERED, ServerProcess, endpoint_table, free_port, write_config
+from conftest import (
+    ServerProcess,
+    endpoint_table,
+    free_port,
+    signed_path,
+    write_config,
+)
 
 from receiver.crosscheck_run import CROSSCHECK_LOCK
 from receiver.models import Finding
-from receiver.signing import AuthType
 from receiver.store import DELIVERIES, EVENTS, create_engine_for
-from receiver.testing import FakeMetaStudioServer, encode, fake_job, sign_request
+from receiver.testing import FakeMetaStudioServer, encode, fake_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -84,11 +89,7 @@ def new_delivery(n: int) -> Delivery:
     room = ROOMS[n % len(ROOMS)]
     job = JOBS[room][(n // len(ROOMS)) % 3]
     body = encode("REPLY_COMMAND_FINISH", {"room_id": room, "job_id": job, "reply_id": f"r-{n}"})
-    url, headers = sign_request(
-        registered_url=REGISTERED, auth_type=AuthType.MSS_A, key=KEY, when=time.time()
-    )
-    assert not headers
-    return Delivery(n, url.removeprefix("https://hooks.example.com"), body)
+    return Delivery(n, signed_path(), body)
 
 
 # -- three replicas, started together ----------------------------------------------------------
