@@ -58,6 +58,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from receiver.events import EventType, decode, encode
+from receiver.ids import id_key
 from receiver.migrate import upgrade
 from receiver.models import Delivery, DeliveryStatus, Event
 from receiver.store import create_engine_for, sqlite_path
@@ -262,6 +263,8 @@ def rows(spec: Spec) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
             "event_type": event_type,
             "room_id": job.room_id,
             "job_id": job.job_id,
+            "room_key": id_key(job.room_id),
+            "job_key": id_key(job.job_id),
             "received_at": received_at,
             "signed_at": signed_at,
             "message": decoded,
@@ -316,7 +319,7 @@ def prepare(url: str, *, reset: bool, log: Log) -> None:
 def _count(conn: Connection, table: sa.Table, job_id: str | None = None) -> int:
     query = sa.select(sa.func.count()).select_from(table)
     if job_id is not None:
-        query = query.where(table.c.job_id == job_id)
+        query = query.where(table.c.job_key == id_key(job_id))
     return int(conn.execute(query).scalar_one())
 
 

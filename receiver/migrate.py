@@ -24,12 +24,13 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(url: str) -> None:
-    """``alembic upgrade head`` on ``url`` (creating the SQLite file and its folder if needed)."""
+def upgrade(url: str, revision: str = "head") -> None:
+    """``alembic upgrade head`` (or to ``revision``) on ``url``, creating the SQLite file and its
+    folder if needed."""
     path = sqlite_path(url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _with_alembic(url, lambda config: command.upgrade(config, "head"), commit=True)
+    _with_alembic(url, lambda config: command.upgrade(config, revision), commit=True)
 
 
 def check(url: str) -> None:

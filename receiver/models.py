@@ -97,10 +97,12 @@ class Event(SQLModel, table=True):
     # Each selective filter of GET /v1/events is an equality on a leading column followed by the
     # id order, so one index answers a page by reading only that page's rows (keyset pagination).
     # An endpoint filter has none: endpoints are few, so its rows are dense in the id order.
+    # Rooms and jobs are looked up by their key (``receiver.ids``: one form for the two spellings
+    # MetaStudio uses); room_id and job_id keep the spelling that was received, for answers.
     __table_args__ = (
-        sa.Index("ix_events_job_id_id", "job_id", "id"),
-        sa.Index("ix_events_job_id_event_type_id", "job_id", "event_type", "id"),
-        sa.Index("ix_events_room_id_id", "room_id", "id"),
+        sa.Index("ix_events_job_key_id", "job_key", "id"),
+        sa.Index("ix_events_job_key_event_type_id", "job_key", "event_type", "id"),
+        sa.Index("ix_events_room_key_id", "room_key", "id"),
         sa.Index("ix_events_event_type_id", "event_type", "id"),
         sa.Index("ix_events_received_at", "received_at"),
     )
@@ -113,6 +115,8 @@ class Event(SQLModel, table=True):
     event_type: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    room_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     signed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     message: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
@@ -153,17 +157,20 @@ class JobSnapshot(SQLModel, table=True):
     """A live job as MetaStudio's job query API returned it (every field, kept as returned).
 
     A new row is written when the job's data changes; an unchanged job only moves ``fetched_at``.
+    job_id and room_id are MetaStudio's spelling; the keys are what lookups use (``receiver.ids``).
     """
 
     __tablename__ = "job_snapshots"
     __table_args__ = (
-        sa.Index("ix_job_snapshots_job_id_id", "job_id", "id"),
-        sa.Index("ix_job_snapshots_room_id_id", "room_id", "id"),
+        sa.Index("ix_job_snapshots_job_key_id", "job_key", "id"),
+        sa.Index("ix_job_snapshots_room_key_id", "room_key", "id"),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     job_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     room_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    job_key: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_key: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
     data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
     data_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
@@ -173,12 +180,13 @@ class JobSnapshot(SQLModel, table=True):
 
 class Finding(SQLModel, table=True):
     """One condition the cross-check found, kept once (``fingerprint`` is unique): seen first and
-    last at, how often, and resolved when the condition cleared (reopened if it comes back)."""
+    last at, how often, and resolved when the condition cleared (reopened if it comes back).
+    room_id and job_id are spelled as received; the keys are what lookups use (``receiver.ids``)."""
 
     __tablename__ = "findings"
     __table_args__ = (
-        sa.Index("ix_findings_job_id_id", "job_id", "id"),
-        sa.Index("ix_findings_room_id_id", "room_id", "id"),
+        sa.Index("ix_findings_job_key_id", "job_key", "id"),
+        sa.Index("ix_findings_room_key_id", "room_key", "id"),
         sa.Index("ix_findings_kind_id", "kind", "id"),
     )
 
@@ -187,6 +195,8 @@ class Finding(SQLModel, table=True):
     kind: str = Field(sa_column=sa.Column(sa.String(48), nullable=False))
     room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    room_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
     event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
     detail: str = Field(sa_column=sa.Column(sa.String(1000), nullable=False))

@@ -24,6 +24,7 @@ import orjson
 
 from receiver.errors import StoreUnavailable
 from receiver.events import Event as DecodedEvent
+from receiver.ids import id_key
 from receiver.models import DeliveryStatus
 
 
@@ -81,19 +82,19 @@ _DELIVERY_COLUMNS = (
     "body, body_sha256, body_size, headers, query, remote_addr, error"
 )
 _EVENT_COLUMNS = (
-    "delivery_id, endpoint, event_type, room_id, job_id, received_at, signed_at, message, "
-    "message_encoding, extra"
+    "delivery_id, endpoint, event_type, room_id, job_id, room_key, job_key, received_at, "
+    "signed_at, message, message_encoding, extra"
 )
 # The statements, built once from the constants above (no input reaches the SQL text).
 _SQLITE_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
-_SQLITE_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"  # noqa: S608
+_SQLITE_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
 _PG_DELIVERY = (
     f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "  # noqa: S608
     f"VALUES ({', '.join(['%s'] * 11)}, %s::jsonb, %s::jsonb, %s, %s)"
 )
 _PG_EVENT = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) "  # noqa: S608
-    f"VALUES ({', '.join(['%s'] * 7)}, %s::jsonb, %s, %s::jsonb) RETURNING delivery_id, id"
+    f"VALUES ({', '.join(['%s'] * 9)}, %s::jsonb, %s, %s::jsonb) RETURNING delivery_id, id"
 )
 _ON_CONFLICT = " ON CONFLICT (dedup_key) DO NOTHING"
 _EXISTING = (
@@ -154,6 +155,8 @@ def _event_values(item: IncomingDelivery, delivery_id: int, *, sqlite: bool) -> 
         event.event_type,
         event.room_id,
         event.job_id,
+        None if event.room_id is None else id_key(event.room_id),
+        None if event.job_id is None else id_key(event.job_id),
         stamp(item.received_at),
         stamp(item.signed_at),
         _json(event.message),

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "receiver.metrics": 0,
     "receiver.observability": 0,
     "receiver.responses": 0,
+    "receiver.ids": 0,
     "receiver.bodies": 1,
     "receiver.signing": 1,
     "receiver.events": 1,
