@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from receiver.events import EventType, mask_stream_key
+from receiver.ids import id_key
 from receiver.queries import EVENTS, FINDINGS, MAX_TIMELINE, SNAPSHOTS, list_events
 from receiver.views import finding_json, iso, snapshot_json
 
@@ -16,7 +17,12 @@ def job_view(
     conn: Connection, job_id: str, *, limit: int = MAX_TIMELINE, cursor: str | None = None
 ) -> dict[str, Any] | None:
     """A job's timeline, what it implies, MetaStudio's latest snapshot of it and its findings.
-    None when nothing names the job (no event, snapshot or finding)."""
+    None when nothing names the job (no event, snapshot or finding).
+
+    ``job_id`` in either of MetaStudio's spellings (``receiver.ids``) finds the same job; the
+    answer's ``job_id`` is spelled as the job's latest event (else MetaStudio) spelled it.
+    """
+    key = id_key(job_id)
     timeline = list_events(conn, job_id=job_id, limit=limit, cursor=cursor)
     # A job MetaStudio lists (a snapshot) or a finding names, e.g. one that FAILED before it sent
     # a callback, has a view too: the finding's job_id must lead somewhere.
@@ -24,12 +30,12 @@ def job_view(
     findings = [
         finding_json(row)
         for row in conn.execute(
-            sa.select(FINDINGS).where(FINDINGS.c.job_id == job_id).order_by(FINDINGS.c.id)
+            sa.select(FINDINGS).where(FINDINGS.c.job_key == key).order_by(FINDINGS.c.id)
         )
     ]
     if not timeline.items and cursor is None and snapshot is None and not findings:
         return None
-    by_job = EVENTS.c.job_id == job_id
+    by_job = EVENTS.c.job_key == key
     counts: dict[str, int] = dict(
         conn.execute(
             sa.select(EVENTS.c.event_type, sa.func.count())
@@ -38,13 +44,13 @@ def job_view(
         ).all()
     )
     # The first and the last event by id (ids follow commit order), read from the two ends of
-    # ix_events_job_id_id. min()/max() of received_at would let PostgreSQL walk the whole
+    # ix_events_job_key_id. min()/max() of received_at would let PostgreSQL walk the whole
     # received_at index instead, filtering on job_id (about 200 ms over 1M events).
     first_row = conn.execute(
         sa.select(EVENTS.c.received_at).where(by_job).order_by(EVENTS.c.id).limit(1)
     ).first()
     last_row = conn.execute(
-        sa.select(EVENTS.c.received_at, EVENTS.c.room_id)
+        sa.select(EVENTS.c.received_at, EVENTS.c.room_id, EVENTS.c.job_id)
         .where(by_job)
         .order_by(EVENTS.c.id.desc())
         .limit(1)
@@ -56,16 +62,26 @@ def job_view(
     room = last_row[1] if last_row else None
     if room is None:
         room = snapshot["room_id"] if snapshot else findings[0]["room_id"] if findings else None
+    spelled = (
+        last_row[2]
+        if last_row
+        else snapshot["job_id"]
+        if snapshot
+        else findings[0]["job_id"]
+        if findings
+        else None
+    )
     return {
-        "job_id": job_id,
+        "job_id": spelled or job_id,
+        "job_key": key,
         "room_id": room,
         "event_count": sum(counts.values()),
         "event_counts": counts,
         "first_received_at": iso(first_last[0]),
         "last_received_at": iso(first_last[1]),
-        "rtmp": _rtmp_state(conn, job_id),
-        "script": _script_position(conn, job_id),
-        "replies": _replies(conn, job_id),
+        "rtmp": _rtmp_state(conn, key),
+        "script": _script_position(conn, key),
+        "replies": _replies(conn, key),
         "timeline": timeline.items,
         "next_cursor": timeline.next_cursor,
         "metastudio": snapshot,
@@ -74,26 +90,27 @@ def job_view(
 
 
 def latest_snapshot(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    """MetaStudio's latest listing of the job, found by either spelling of its id."""
     row = conn.execute(
         sa.select(SNAPSHOTS)
-        .where(SNAPSHOTS.c.job_id == job_id)
+        .where(SNAPSHOTS.c.job_key == id_key(job_id))
         .order_by(SNAPSHOTS.c.id.desc())
         .limit(1)
     ).first()
     return None if row is None else snapshot_json(row)
 
 
-def _latest_of_type(conn: Connection, job_id: str, event_type: str, n: int) -> list[Any]:
+def _latest_of_type(conn: Connection, key: str, event_type: str, n: int) -> list[Any]:
     query = (
         sa.select(EVENTS.c.id, EVENTS.c.received_at, EVENTS.c.signed_at, EVENTS.c.message)
-        .where(EVENTS.c.job_id == job_id, EVENTS.c.event_type == event_type)
+        .where(EVENTS.c.job_key == key, EVENTS.c.event_type == event_type)
         .order_by(EVENTS.c.id.desc())
         .limit(n)
     )
     return list(conn.execute(query).all())
 
 
-def _rtmp_state(conn: Connection, job_id: str) -> dict[str, Any] | None:
+def _rtmp_state(conn: Connection, key: str) -> dict[str, Any] | None:
     """The last RTMP state and when the stream entered it (first event of the latest run)."""
     state: str | None = None
     since_row: Any = None
@@ -104,7 +121,7 @@ def _rtmp_state(conn: Connection, job_id: str) -> dict[str, Any] | None:
         query = (
             sa.select(EVENTS.c.id, EVENTS.c.received_at, EVENTS.c.signed_at, EVENTS.c.message)
             .where(
-                EVENTS.c.job_id == job_id,
+                EVENTS.c.job_key == key,
                 EVENTS.c.event_type == EventType.RTMP_STREAM_STATE_CHANGE.value,
             )
             .order_by(EVENTS.c.id.desc())
@@ -139,8 +156,8 @@ def _rtmp_answer(state: str | None, since_row: Any, last_row: Any) -> dict[str, 
     }
 
 
-def _script_position(conn: Connection, job_id: str) -> dict[str, Any] | None:
-    rows = _latest_of_type(conn, job_id, EventType.SHOOT_SCRIPT_SWITCH.value, 1)
+def _script_position(conn: Connection, key: str) -> dict[str, Any] | None:
+    rows = _latest_of_type(conn, key, EventType.SHOOT_SCRIPT_SWITCH.value, 1)
     if not rows:
         return None
     message = rows[0].message
@@ -153,11 +170,11 @@ def _script_position(conn: Connection, job_id: str) -> dict[str, Any] | None:
     }
 
 
-def _replies(conn: Connection, job_id: str) -> dict[str, Any]:
-    recent = _latest_of_type(conn, job_id, EventType.REPLY_COMMAND_FINISH.value, 20)
+def _replies(conn: Connection, key: str) -> dict[str, Any]:
+    recent = _latest_of_type(conn, key, EventType.REPLY_COMMAND_FINISH.value, 20)
     total = conn.execute(
         sa.select(sa.func.count()).where(
-            EVENTS.c.job_id == job_id,
+            EVENTS.c.job_key == key,
             EVENTS.c.event_type == EventType.REPLY_COMMAND_FINISH.value,
         )
     ).scalar_one()

@@ -176,8 +176,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "RejectionPage": page("rejections", "Rejection"),
     "JobView": fields(
-        "job_id room_id? event_count:int first_received_at:time? last_received_at:time?"
-        " next_cursor?",
+        "job_id job_key room_id? event_count:int first_received_at:time?"
+        " last_received_at:time? next_cursor?",
         event_counts={"type": "object", "additionalProperties": INT},
         rtmp=nullable(ref("RtmpState")),
         script=nullable(ref("ScriptPosition")),
@@ -237,8 +237,12 @@ CURSOR = param(
     {"type": "string", "minLength": 1, "maxLength": 200},
 )
 ENDPOINT = param("query", "endpoint", "Only this endpoint (its configured name).")
-ROOM_ID = param("query", "room_id", "Only this room.")
-JOB_ID = param("query", "job_id", "Only this job.")
+_SPELLINGS = (
+    " Either of MetaStudio's spellings of a UUID-shaped id (32 hex digits, as callbacks send it,"
+    " or dashed, as the job query API lists it; any case) matches both; other ids match exactly."
+)
+ROOM_ID = param("query", "room_id", "Only this room." + _SPELLINGS)
+JOB_ID = param("query", "job_id", "Only this job." + _SPELLINGS)
 SINCE = param("query", "since", "Received at or after this RFC 3339 time.", TIME)
 UNTIL = param("query", "until", "Received at or before this RFC 3339 time.", TIME)
 SIGNATURE = {"type": "string", "pattern": HEX_SIGNATURE}
@@ -322,7 +326,7 @@ PATHS: dict[str, dict[str, Schema]] = {
         "getJob",
         "A job's timeline and what it implies",
         {"200": answer("The job.", ref("JobView")), "404": error("No event names this job.")},
-        param("path", "job_id", "MetaStudio job id."),
+        param("path", "job_id", "MetaStudio job id." + _SPELLINGS),
         limit(MAX_TIMELINE, 1000),
         CURSOR,
         secured=True,

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from receiver.errors import QueryError
+from receiver.ids import id_key, optional_key
 from receiver.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, Rejection
 from receiver.views import delivery_json, event_json, finding_json, iso, rejection_json
 
@@ -160,10 +161,11 @@ def list_events(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page:
+    # A cursor names the filters by their keys: one issued for either spelling serves both.
     filters = {
         "endpoint": endpoint,
-        "room_id": room_id,
-        "job_id": job_id,
+        "room_id": optional_key(room_id),
+        "job_id": optional_key(job_id),
         "event_type": tuple(event_types) if event_types else None,
         "since": since,
         "until": until,
@@ -196,9 +198,9 @@ def _filtered_events(
     if endpoint is not None:
         query = query.where(EVENTS.c.endpoint == endpoint)
     if room_id is not None:
-        query = query.where(EVENTS.c.room_id == room_id)
+        query = query.where(EVENTS.c.room_key == id_key(room_id))
     if job_id is not None:
-        query = query.where(EVENTS.c.job_id == job_id)
+        query = query.where(EVENTS.c.job_key == id_key(job_id))
     if event_types:
         query = query.where(EVENTS.c.event_type.in_(list(event_types)))
     if since is not None:
@@ -293,13 +295,14 @@ def list_findings(
 ) -> Page:
     if status not in FINDING_STATUSES:
         raise QueryError(f"status: must be one of {', '.join(FINDING_STATUSES)}")
-    filters = {"room_id": room_id, "job_id": job_id, "kind": kind, "status": status}
+    room_key, job_key = optional_key(room_id), optional_key(job_id)
+    filters = {"room_id": room_key, "job_id": job_key, "kind": kind, "status": status}
     after = decode_cursor(cursor, filters)
     query = sa.select(FINDINGS)
-    if room_id is not None:
-        query = query.where(FINDINGS.c.room_id == room_id)
-    if job_id is not None:
-        query = query.where(FINDINGS.c.job_id == job_id)
+    if room_key is not None:
+        query = query.where(FINDINGS.c.room_key == room_key)
+    if job_key is not None:
+        query = query.where(FINDINGS.c.job_key == job_key)
     if kind is not None:
         query = query.where(FINDINGS.c.kind == kind)
     if status == "open":

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from receiver.errors import ReceiverError
+from receiver.ids import optional_key
 from receiver.sender import (
     REPLAY_HEADER,
     USER_AGENT,
@@ -350,15 +351,17 @@ def filter_records(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[ReplayRecord]:
-    """The same filters as the store's, applied to records read from a file."""
+    """The same filters as the store's, applied to records read from a file (a room or job id
+    in either spelling matches both, as in the store)."""
     chosen = []
     types = set(event_types) if event_types else None
+    room_key, job_key = optional_key(room_id), optional_key(job_id)
     for record in records:
         at = record.received_at
         if (
             (endpoint is not None and record.endpoint != endpoint)
-            or (room_id is not None and record.room_id != room_id)
-            or (job_id is not None and record.job_id != job_id)
+            or (room_key is not None and optional_key(record.room_id) != room_key)
+            or (job_key is not None and optional_key(record.job_id) != job_key)
             or (types is not None and record.event_type not in types)
             or (since is not None and (at is None or at < since))
             or (until is not None and (at is None or at > until))
