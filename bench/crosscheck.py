@@ -67,6 +67,7 @@ import seed
 from receiver.config import EndpointSettings
 from receiver.crosscheck import Policy
 from receiver.crosscheck_run import CrossChecker, RunReport
+from receiver.ids import api_form
 from receiver.metastudio import MetaStudioJobs, RoomJobs
 from receiver.models import Event, Finding, JobSnapshot, UTCDateTime
 from receiver.signing import AuthType
@@ -163,9 +164,10 @@ def metastudio_jobs(spec: seed.Spec, spans: Mapping[str, tuple[str, datetime, da
             continue
         start = first.replace(microsecond=0) - timedelta(seconds=5)
         end = last.replace(microsecond=0) + timedelta(seconds=6)
+        # Listed as MetaStudio's API spells ids (dashed), while the events carry 32 hex digits.
         job = fm.fake_job(
-            job_id=job_id,
-            room_id=room_id,
+            job_id=api_form(job_id),
+            room_id=api_form(room_id),
             room_name=f"room {room_id[:8]}",
             state="SUCCEED",
             create_time=rfc3339(start - timedelta(minutes=1)),

@@ -18,6 +18,7 @@ from typing import Any
 
 from receiver.config import EndpointSettings
 from receiver.events import KNOWN_EVENT_TYPES
+from receiver.ids import id_key, optional_key, same_id
 
 # Finding kinds (the ``kind`` filter of GET /v1/findings).
 UNKNOWN_JOB = "unknown_job"
@@ -96,12 +97,21 @@ class Draft:
     """What else tells one condition from another of the same kind (a signing time)."""
 
     @property
+    def room_key(self) -> str | None:
+        return optional_key(self.room_id)
+
+    @property
+    def job_key(self) -> str | None:
+        return optional_key(self.job_id)
+
+    @property
     def fingerprint(self) -> str:
-        """One finding per condition: the same kind for the same job/room/endpoint is one row."""
+        """One finding per condition: the same kind for the same job/room/endpoint is one row,
+        whichever spelling of the ids (``receiver.ids``) the condition was seen under."""
         parts: tuple[str, ...] = (
             self.kind,
-            self.room_id or "",
-            self.job_id or "",
+            self.room_key or "",
+            self.job_key or "",
             self.endpoint or "",
         )
         if self.scope is not None:  # only then: stored findings keep their fingerprints
@@ -140,14 +150,17 @@ def evaluate_room(
 ) -> list[Draft]:
     """Every finding for one room, given the jobs MetaStudio lists there.
 
+    Jobs are matched to events by ``id_key``: MetaStudio lists a job as a dashed UUID and its
+    callbacks name it with 32 hex digits (``receiver.ids``).
+
     ``complete`` False (paging stopped before MetaStudio's count) means a job missing from
     ``jobs`` is no evidence that MetaStudio does not know it: no unknown-job findings then.
     """
     policy = policy or Policy()
-    by_id = {str(job.get("job_id")): job for job in jobs if job.get("job_id")}
+    by_id = {id_key(str(job.get("job_id"))): job for job in jobs if job.get("job_id")}
     drafts: list[Draft] = []
     for act in activity:
-        job = by_id.get(act.job_id)
+        job = by_id.get(id_key(act.job_id))
         if job is None:
             if complete:
                 drafts.append(_unknown_job(act))
@@ -246,6 +259,9 @@ def _stream_vs_job(
 def _job_outcome(room_id: str, job: Mapping[str, Any]) -> list[Draft]:
     state = job.get("state")
     job_id = str(job.get("job_id"))
+    listed_room = job.get("room_id")
+    if isinstance(listed_room, str) and same_id(listed_room, room_id):
+        room_id = listed_room  # MetaStudio's own spelling, as for job_id
     if state == "FAILED":
         error = job.get("error_info") or {}
         if not isinstance(error, Mapping):

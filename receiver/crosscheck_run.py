@@ -33,6 +33,7 @@ from receiver.errors import (
     StoreUnavailable,
 )
 from receiver.events import EventType
+from receiver.ids import api_form, id_key
 from receiver.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, UTCDateTime
 from receiver.signing import AuthType
 
@@ -116,7 +117,8 @@ class CrossChecker:
         self.on_outcome: Callable[[str], None] | None = None
 
     async def run(self, *, room_id: str | None = None, now: datetime | None = None) -> RunReport:
-        """One cross-check (of one room, or of every room events came from). Raises
+        """One cross-check (of one room, or of every room events came from; ``room_id`` in
+        either of MetaStudio's spellings, see ``receiver.ids``). Raises
         StoreUnavailable when the store fails; ``on_outcome`` hears "ran", "skipped" (another
         run holds the lock, here or on another replica) or "store_error"."""
         try:
@@ -181,12 +183,18 @@ class CrossChecker:
             conn.close()
 
     async def _run(self, report: RunReport, *, room_id: str | None, now: datetime) -> None:
-        rooms = [room_id] if room_id else await asyncio.to_thread(self._rooms, now)
+        # Rooms by key (one query per room, whichever spelling its events used), each with a
+        # spelling as received for the findings that name only the room.
+        if room_id:
+            spelled = {id_key(room_id): room_id}
+        else:
+            spelled = await asyncio.to_thread(self._rooms, now)
+        rooms = sorted(spelled)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(room: str) -> None:
             async with gate:
-                await self._room(report, room, now)
+                await self._room(report, room, spelled[room], now)
 
         await asyncio.gather(*(one(room) for room in rooms))
         if room_id is None:
@@ -195,9 +203,11 @@ class CrossChecker:
             report.findings_opened += await asyncio.to_thread(self._reused_signatures, now)
         report.open_findings = await asyncio.to_thread(self._open_findings, rooms, room_id is None)
 
-    async def _room(self, report: RunReport, room: str, now: datetime) -> None:
+    async def _room(self, report: RunReport, room: str, spelling: str, now: datetime) -> None:
+        """One room: ``room`` is its key, ``spelling`` as events or findings name it (the job
+        source asks MetaStudio in its own spelling, ``receiver.ids.api_form``)."""
         try:
-            answer = await self.source.list_room_jobs(room)
+            answer = await self.source.list_room_jobs(spelling)
         except MetaStudioError as exc:
             kind = (
                 rules.METASTUDIO_UNAUTHORIZED
@@ -207,7 +217,7 @@ class CrossChecker:
                 else rules.METASTUDIO_UNREACHABLE
             )
             log.warning("cross-check of room %s: %s", room, exc.message)
-            draft = rules.api_problem(kind, room, exc.message)
+            draft = rules.api_problem(kind, spelling, exc.message)
             opened, resolved = await asyncio.to_thread(
                 self._save, room, None, [draft], rules.API_KINDS, now
             )
@@ -218,7 +228,7 @@ class CrossChecker:
         jobs = list(answer.jobs)
         activity = await asyncio.to_thread(self._activity, room)
         drafts = rules.evaluate_room(
-            room_id=room,
+            room_id=spelling,
             jobs=jobs,
             activity=activity,
             endpoints=self.endpoints,
@@ -236,28 +246,33 @@ class CrossChecker:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _rooms(self, now: datetime) -> list[str]:
+    def _rooms(self, now: datetime) -> dict[str, str]:
+        """room key -> a spelling of it, for every room with recent events or open findings."""
         recent = (
-            sa.select(EVENTS.c.room_id)
-            .where(EVENTS.c.room_id.is_not(None), EVENTS.c.received_at >= now - self.lookback)
-            .distinct()
+            sa.select(EVENTS.c.room_key, sa.func.max(EVENTS.c.room_id))
+            .where(EVENTS.c.room_key.is_not(None), EVENTS.c.received_at >= now - self.lookback)
+            .group_by(EVENTS.c.room_key)
         )
         flagged = (
-            sa.select(FINDINGS.c.room_id)
-            .where(FINDINGS.c.room_id.is_not(None), FINDINGS.c.resolved_at.is_(None))
-            .distinct()
+            sa.select(FINDINGS.c.room_key, sa.func.max(FINDINGS.c.room_id))
+            .where(FINDINGS.c.room_key.is_not(None), FINDINGS.c.resolved_at.is_(None))
+            .group_by(FINDINGS.c.room_key)
         )
+        found: dict[str, str] = {}
         with self.engine.connect() as conn:
-            found = {row[0] for row in conn.execute(recent)} | {
-                row[0] for row in conn.execute(flagged)
-            }
-        return sorted(found)
+            for key, spelling in [*conn.execute(flagged), *conn.execute(recent)]:
+                found[key] = spelling
+        return found
 
     def _activity(self, room: str) -> list[rules.JobActivity]:
         when = sa.func.coalesce(EVENTS.c.signed_at, EVENTS.c.received_at, type_=UTCDateTime())
+        # By job key: the events of one job may spell its id both ways; max() picks one
+        # spelling as received for the findings to show.
         per_job = (
             sa.select(
-                EVENTS.c.job_id,
+                EVENTS.c.job_key,
+                sa.func.max(EVENTS.c.job_id),
+                sa.func.max(EVENTS.c.room_id),
                 EVENTS.c.endpoint,
                 EVENTS.c.event_type,
                 sa.func.count(),
@@ -266,8 +281,8 @@ class CrossChecker:
                 sa.func.min(EVENTS.c.id),
                 sa.func.max(EVENTS.c.id),
             )
-            .where(EVENTS.c.room_id == room, EVENTS.c.job_id.is_not(None))
-            .group_by(EVENTS.c.job_id, EVENTS.c.endpoint, EVENTS.c.event_type)
+            .where(EVENTS.c.room_key == room, EVENTS.c.job_key.is_not(None))
+            .group_by(EVENTS.c.job_key, EVENTS.c.endpoint, EVENTS.c.event_type)
         )
         rtmp = EventType.RTMP_STREAM_STATE_CHANGE.value
         last_rtmp: dict[str, int] = {}
@@ -275,10 +290,12 @@ class CrossChecker:
             lambda: {"endpoints": set(), "types": set(), "count": 0, "first": None, "last": None}
         )
         with self.engine.connect() as conn:
-            for job_id, endpoint, event_type, count, first, last, low, high in conn.execute(
-                per_job
-            ):
+            for row in conn.execute(per_job):
+                job_id, spelled, room_spelled, endpoint, event_type, count = row[:6]
+                first, last, low, high = row[6:]
                 a = acc[job_id]
+                a["job_id"] = max(a.get("job_id", spelled), spelled)
+                a["room_id"] = max(a.get("room_id", room_spelled), room_spelled)
                 a["endpoints"].add(endpoint)
                 a["types"].add(event_type)
                 a["count"] += count
@@ -295,7 +312,7 @@ class CrossChecker:
             states: dict[str, tuple[Any, Any, Any]] = {}
             ids = sorted(last_rtmp.values())
             for start in range(0, len(ids), 500):
-                chunk = sa.select(EVENTS.c.job_id, EVENTS.c.message, when, EVENTS.c.id).where(
+                chunk = sa.select(EVENTS.c.job_key, EVENTS.c.message, when, EVENTS.c.id).where(
                     EVENTS.c.id.in_(ids[start : start + 500])
                 )
                 for job_id, message, at, event_id in conn.execute(chunk):
@@ -305,8 +322,8 @@ class CrossChecker:
             state, at, event_id = states.get(job_id, (None, None, None))
             out.append(
                 rules.JobActivity(
-                    job_id=job_id,
-                    room_id=room,
+                    job_id=a["job_id"],
+                    room_id=a["room_id"],
                     endpoints=frozenset(a["endpoints"]),
                     event_count=a["count"],
                     first_at=a["first"],
@@ -331,7 +348,7 @@ class CrossChecker:
             .limit(1000)
         )
         if rooms:
-            mine = FINDINGS.c.room_id.in_(rooms)
+            mine = FINDINGS.c.room_key.in_(rooms)
             if full:  # and the endpoints' findings (no room) that this run looked for
                 mine = sa.or_(mine, FINDINGS.c.kind.in_(rules.DELIVERY_KINDS))
             query = query.where(mine)
@@ -431,7 +448,7 @@ class CrossChecker:
                 (fid, fingerprint)
                 for fid, fingerprint in conn.execute(
                     sa.select(FINDINGS.c.id, FINDINGS.c.fingerprint).where(
-                        FINDINGS.c.room_id == room,
+                        FINDINGS.c.room_key == room,
                         FINDINGS.c.resolved_at.is_(None),
                         FINDINGS.c.kind.in_(list(resolvable)),
                     )
@@ -450,14 +467,15 @@ class CrossChecker:
 def _save_snapshots(
     conn: Connection, room: str, jobs: list[Mapping[str, Any]], now: datetime
 ) -> None:
+    """``room`` is the room's key; the rows keep MetaStudio's spelling of the ids."""
     latest = {
-        job_id: (sid, digest)
-        for job_id, sid, digest in conn.execute(
-            sa.select(SNAPSHOTS.c.job_id, SNAPSHOTS.c.id, SNAPSHOTS.c.data_sha256).where(
+        job_key: (sid, digest)
+        for job_key, sid, digest in conn.execute(
+            sa.select(SNAPSHOTS.c.job_key, SNAPSHOTS.c.id, SNAPSHOTS.c.data_sha256).where(
                 SNAPSHOTS.c.id.in_(
                     sa.select(sa.func.max(SNAPSHOTS.c.id))
-                    .where(SNAPSHOTS.c.room_id == room)
-                    .group_by(SNAPSHOTS.c.job_id)
+                    .where(SNAPSHOTS.c.room_key == room)
+                    .group_by(SNAPSHOTS.c.job_key)
                 )
             )
         )
@@ -468,9 +486,12 @@ def _save_snapshots(
         job_id = str(job.get("job_id") or "")[:128]
         if not job_id:
             continue
+        listed_room = job.get("room_id")
+        if not isinstance(listed_room, str) or id_key(listed_room) != room:
+            listed_room = api_form(room)  # Table 6 has room_id, the example answer omits it
         data = dict(job)
         digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        previous = latest.get(job_id)
+        previous = latest.get(id_key(job_id))
         if previous is not None and previous[1] == digest:
             unchanged.append(previous[0])
             continue
@@ -478,7 +499,9 @@ def _save_snapshots(
         new_rows.append(
             {
                 "job_id": job_id,
-                "room_id": room[:128],
+                "room_id": listed_room[:128],
+                "job_key": id_key(job_id),
+                "room_key": room[:128],
                 "state": str(state)[:32] if state is not None else None,
                 "data": data,
                 "data_sha256": digest,
@@ -516,6 +539,8 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
                     kind=draft.kind,
                     room_id=draft.room_id,
                     job_id=draft.job_id,
+                    room_key=draft.room_key,
+                    job_key=draft.job_key,
                     endpoint=draft.endpoint,
                     event_id=draft.event_id,
                     detail=draft.detail[:1000],

@@ -50,6 +50,7 @@ from receiver.errors import (
     MetaStudioError,
     MetaStudioUnavailable,
 )
+from receiver.ids import api_form, id_key
 
 log = logging.getLogger("receiver.metastudio")
 
@@ -237,6 +238,9 @@ class MetaStudioJobs:
     ) -> RoomJobs:
         """Every job of the room (narrowed as asked), from the cache when fresh.
 
+        ``room_id`` in either spelling: MetaStudio is asked with its own, the dashed UUID of the
+        document's example request (``receiver.ids.api_form``), and one cache entry serves both.
+
         ``states``: Table 6 states, sent comma-joined (order does not matter; empty means all).
         ``create_since`` / ``create_until``: timezone-aware; inclusive, as Table 2 says.
         """
@@ -247,15 +251,17 @@ class MetaStudioJobs:
         loop = asyncio.get_running_loop()
         task = self._inflight.get(key)
         if task is None or task.done() or task.get_loop() is not loop:
-            task = loop.create_task(self._fetch_and_keep(key, self._generation_of(room_id)))
+            task = loop.create_task(self._fetch_and_keep(key, self._generation_of(key[0])))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         # shield: a caller that gives up does not cancel the query the others wait for.
         return await asyncio.shield(task)
 
     def invalidate(self, room_id: str | None = None) -> None:
-        """Drop cached answers (of one room, or all); answers of queries in flight then are not
-        cached, and later callers start a fresh query."""
+        """Drop cached answers (of one room, in either spelling, or all); answers of queries in
+        flight then are not cached, and later callers start a fresh query."""
+        if room_id is not None:
+            room_id = api_form(room_id)
         if room_id is None:
             self._generation += 1
         else:
@@ -315,9 +321,9 @@ class MetaStudioJobs:
                 # Paging by offset over a list that changes meanwhile can repeat a job.
                 job_id = job.get("job_id")
                 if isinstance(job_id, str):
-                    if job_id in seen:
+                    if id_key(job_id) in seen:
                         continue
-                    seen.add(job_id)
+                    seen.add(id_key(job_id))
                 jobs.append(job)
             offset += len(page.jobs)
             count = page.count if page.count is not None else len(jobs)
@@ -437,6 +443,7 @@ def _cache_key(
 ) -> CacheKey:
     if not isinstance(room_id, str) or not room_id:
         raise MetaStudioBadRequest("room_id: must be a non-empty string")
+    room_id = api_form(room_id)
     chosen: tuple[str, ...] | None = None
     if states:
         values = states.split(",") if isinstance(states, str) else list(states)

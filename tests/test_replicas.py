@@ -37,6 +37,7 @@ from conftest import (
 )
 
 from receiver.crosscheck_run import CROSSCHECK_LOCK
+from receiver.ids import id_key
 from receiver.models import Finding
 from receiver.store import DELIVERIES, EVENTS, create_engine_for
 from receiver.testing import FakeMetaStudioServer, encode, fake_job
@@ -387,10 +388,11 @@ def findings_rows(url: str) -> list[tuple[str, str, str, int]]:
 
 
 def queried_rooms(control: httpx.Client) -> list[str]:
-    """The rooms the fake MetaStudio was asked about, one entry per request (AK/SK signed)."""
+    """The rooms the fake MetaStudio was asked about, one entry per request (AK/SK signed), in
+    the callbacks' spelling (the receiver asks with the dashed form the job query API uses)."""
     log = control.get("/_fake/requests").json()["requests"]
     assert all(r["auth"] == "aksk" and r["method"] == "GET" for r in log), log
-    return [r["path"].split("/smart-live-rooms/")[1].split("/")[0] for r in log]
+    return [id_key(r["path"].split("/smart-live-rooms/")[1].split("/")[0]) for r in log]
 
 
 def crosscheck_runs(replica: ServerProcess) -> dict[str, float]:
