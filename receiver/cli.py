@@ -114,7 +114,10 @@ def cmd_fake_metastudio(args: argparse.Namespace, environ: Mapping[str, str]) ->
     print(f"  SK: {sk}")
     print(f"  token (X-Auth-Token): {token}")
     print(f"  jobs: GET {base}/v1/{project_id}/smart-live-rooms/{{room_id}}/smart-live-jobs")
-    print("  admin: PUT/PATCH/DELETE /_fake/jobs/{job_id}, POST /_fake/mode, GET /_fake/requests")
+    print(
+        "  admin: PUT/PATCH/DELETE /_fake/jobs/{job_id}, POST /_fake/mode, POST /_fake/faults,"
+        " GET /_fake/requests"
+    )
     print(f'  receiver config: [metastudio] endpoint = "{base}", project_id = "{project_id}"')
     print(f"  receiver env: HUAWEICLOUD_SDK_AK={ak} HUAWEICLOUD_SDK_SK={sk}", flush=True)
     fake.run_fake(

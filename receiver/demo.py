@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from receiver import cli_events
 from receiver.config import Settings, load_settings
+from receiver.ids import id_key
 from receiver.simulate import ALL_FAULTS, Fault, SimulationReport, simulate_job
 
 if TYPE_CHECKING:
@@ -278,9 +279,16 @@ def _play(
         say(_indent(_legend(report)))
         say("")
 
-        say(f"4. The job's timeline: GET /v1/jobs/{report.job_id}")
-        job = _json(api.get(f"/v1/jobs/{report.job_id}"))
+        # By MetaStudio's spelling of the id (a dashed UUID): the callbacks spelled it without
+        # dashes, and either spelling finds the job (receiver.ids).
+        say(f"4. The job's timeline: GET /v1/jobs/{report.listed_job_id}")
+        say(f"   (MetaStudio lists the job so; its callbacks name it {report.job_id})")
+        job = _json(api.get(f"/v1/jobs/{report.listed_job_id}"))
         _job_summary(say, job)
+        result.expect(
+            len(job.get("timeline") or []) == len(report.stored_for_job()),
+            "the job's timeline, asked for by MetaStudio's spelling of its id, is not complete",
+        )
         snapshot = job.get("metastudio") or {}
         result.expect(snapshot.get("state") == "SUCCEED", "MetaStudio's job is not SUCCEED")
         result.expect(not job.get("findings"), "the simulated (real) job has findings")
@@ -293,13 +301,21 @@ def _play(
             say(f"      {finding['detail']}")
         if not findings:
             say("   (none)")
-        flagged = {f.get("job_id") for f in findings if f.get("kind") == "unknown_job"}
+        flagged = {
+            id_key(f["job_id"]) for f in findings if f.get("kind") == "unknown_job" and f["job_id"]
+        }
         for job_id, what in (
             (report.forged_job_id, "the forged body"),
             (report.unknown_job_id, "the unknown job"),
         ):
             if job_id is not None:
-                result.expect(job_id in flagged, f"{what} ({job_id}) was not flagged unknown_job")
+                result.expect(
+                    id_key(job_id) in flagged, f"{what} ({job_id}) was not flagged unknown_job"
+                )
+        result.expect(
+            id_key(report.job_id) not in flagged,
+            "the simulated job, listed by MetaStudio as a dashed UUID, was flagged unknown_job",
+        )
         say("")
 
         say("6. Refused requests: GET /v1/rejections")

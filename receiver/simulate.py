@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 from receiver import sender
 from receiver.errors import ConfigError, MetaStudioError, MetaStudioUnavailable
 from receiver.events import EventType, RtmpState, encode
+from receiver.ids import api_form
 from receiver.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
 
 if TYPE_CHECKING:
@@ -148,11 +150,22 @@ class SimulationReport:
         """The deliveries of the simulated job that the receiver should hold, in order."""
         return [s for s in self.sent if s.job_id == self.job_id and s.expected == "stored"]
 
+    @property
+    def listed_job_id(self) -> str:
+        """The job's id as MetaStudio's job query API lists it (``receiver.ids.api_form``)."""
+        return api_form(self.job_id)
+
+    @property
+    def listed_room_id(self) -> str:
+        return api_form(self.room_id)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "room_id": self.room_id,
             "job_id": self.job_id,
+            "listed_room_id": self.listed_room_id,
+            "listed_job_id": self.listed_job_id,
             "receiver_url": self.receiver_url,
             "registered_url": self.registered_url,
             "auth_type": self.auth_type.value,
@@ -168,6 +181,8 @@ class SimulationReport:
     def render(self) -> str:
         lines = [
             f"simulated live job {self.job_id} in room {self.room_id}",
+            f"  (callbacks spell the ids so; MetaStudio's job query lists job "
+            f"{self.listed_job_id} in room {self.listed_room_id})",
             f"  sent to {self.receiver_url}, signed for {self.registered_url} "
             f"({self.auth_type.value}, signed_uri={self.signed_uri.value})",
         ]
@@ -407,8 +422,10 @@ def simulate_job(
         raise ConfigError("interval: must be 0 or more seconds")
     target = _target(receiver_url)
     registry = _registry(fake)
-    room_id = room_id or secrets.token_hex(16)
-    job_id = job_id or secrets.token_hex(16)
+    # As MetaStudio does (metastudio-list-smart-live-jobs.txt): callbacks name room and job
+    # with 32 hex digits, the job query API lists the same ids as dashed UUIDs (see _job).
+    room_id = room_id or uuid.uuid4().hex
+    job_id = job_id or uuid.uuid4().hex
     report = SimulationReport(
         room_id=room_id,
         job_id=job_id,
@@ -417,8 +434,8 @@ def simulate_job(
         auth_type=auth,
         signed_uri=form,
         faults=chosen,
-        forged_job_id=secrets.token_hex(16) if Fault.FORGE_BODY in chosen else None,
-        unknown_job_id=secrets.token_hex(16) if Fault.UNKNOWN_JOB in chosen else None,
+        forged_job_id=uuid.uuid4().hex if Fault.FORGE_BODY in chosen else None,
+        unknown_job_id=uuid.uuid4().hex if Fault.UNKNOWN_JOB in chosen else None,
     )
     steps = _plan(
         room_id=room_id,
@@ -448,7 +465,7 @@ def simulate_job(
         if step.job_state == "PROCESSING":
             started_at = when
             registry.patch(
-                job_id,
+                api_form(job_id),
                 {
                     "state": "PROCESSING",
                     "start_time": _rfc3339(when),
@@ -503,7 +520,7 @@ def simulate_job(
         if step.job_state == "SUCCEED":
             ended = max(when, now()) if real_time else when
             registry.patch(
-                job_id,
+                api_form(job_id),
                 {
                     "state": "SUCCEED",
                     "end_time": _rfc3339(ended, up=True),
@@ -582,8 +599,8 @@ def _job(
     from receiver.testing.fake_metastudio import fake_job
 
     job = fake_job(
-        job_id=job_id,
-        room_id=room_id,
+        job_id=api_form(job_id),
+        room_id=api_form(room_id),
         room_name="Simulated live room",
         state="WAITING",
         create_time=_rfc3339(created),

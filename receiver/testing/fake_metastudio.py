@@ -13,7 +13,11 @@ Choices the document leaves open, made here on purpose:
 - A ``project_id`` other than the fake's is answered 400 ``MSS.00000003`` (it is a path parameter,
   Table 1, and 400 is "Parameters error"); a room with no jobs answers ``count`` 0.
 - Unknown query parameters are ignored; a parameter given twice is a 400.
-- Order of checks: hang mode, then authentication (401), then error mode (500), then parameters.
+- Order of checks: hang mode, then authentication (401), then error mode or a scheduled fault
+  (500, see ``fail_requests``), then parameters.
+- Ids are matched in either of MetaStudio's spellings (``receiver.ids``): a job added as a dashed
+  UUID is found, and listed in its room, by its 32-hex-digit form too. Jobs are listed as they
+  were added; ``fake_job`` and ``simulate`` add them dashed, as the document's answers show them.
 
 ``/_fake/...`` routes change the fake while it runs. They take no authentication: this is a local
 test double, never to be exposed beyond loopback.
@@ -50,6 +54,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from receiver.errors import ConfigError
+from receiver.ids import id_key, same_id
 
 log = logging.getLogger("receiver.testing.fake_metastudio")
 
@@ -182,8 +187,11 @@ class FakeMetaStudio:
         self._initial = (frozenset(tokens), dict(credentials or {}), max_hang_seconds)
         self._tokens: set[str] = set(self._initial[0])
         self._credentials: dict[str, str] = dict(self._initial[1])
+        # By id_key: MetaStudio's callbacks and its API spell an id two ways (receiver.ids), and
+        # either spelling finds the job, here and in the room of the query path.
         self._jobs: dict[str, dict[str, Any]] = {}
         self._mode = "ok"
+        self._faults: list[bool] = []
         self._log: list[RequestRecord] = []
         for job in jobs:
             self.add_job(job)
@@ -197,6 +205,7 @@ class FakeMetaStudio:
             self.max_hang_seconds = self._initial[2]
             self._jobs.clear()
             self._log.clear()
+            self._faults.clear()
             self._mode = "ok"
 
     # -- credentials and mode ----------------------------------------------------------------
@@ -218,6 +227,19 @@ class FakeMetaStudio:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._mode = mode
 
+    def fail_requests(self, count: int, *, after: int = 0) -> None:
+        """A transient outage: of the next authenticated job queries, serve ``after`` as usual,
+        answer ``count`` with 500 MSS.00000004, then serve again (e.g. ``after=1``: the second
+        page of a paged listing fails)."""
+        if count < 0 or after < 0:
+            raise ValueError("count and after must be >= 0")
+        with self._lock:
+            self._faults = [False] * after + [True] * count
+
+    def next_request_fails(self) -> bool:
+        with self._lock:
+            return self._faults.pop(0) if self._faults else False
+
     # -- jobs --------------------------------------------------------------------------------
 
     def add_job(self, job: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,28 +249,32 @@ class FakeMetaStudio:
                 raise ValueError(f"a job needs a non-empty string {key}")
         stored = copy.deepcopy(dict(job))
         with self._lock:
-            self._jobs[stored["job_id"]] = stored
+            self._jobs[id_key(stored["job_id"])] = stored
         return copy.deepcopy(stored)
 
     def update_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields of a job (found by either spelling; it keeps the spelling it has)."""
         with self._lock:
-            if job_id not in self._jobs:
+            current = self._jobs.get(id_key(job_id))
+            if current is None:
                 raise KeyError(job_id)
-            updated = {**self._jobs[job_id], **copy.deepcopy(fields), "job_id": job_id}
+            updated = {**current, **copy.deepcopy(fields), "job_id": current["job_id"]}
         return self.add_job(updated)
 
     def remove_job(self, job_id: str) -> bool:
         with self._lock:
-            return self._jobs.pop(job_id, None) is not None
+            return self._jobs.pop(id_key(job_id), None) is not None
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._jobs.get(id_key(job_id))
             return copy.deepcopy(job) if job is not None else None
 
     def jobs(self, room_id: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            chosen = [j for j in self._jobs.values() if room_id is None or j["room_id"] == room_id]
+            chosen = [
+                j for j in self._jobs.values() if room_id is None or same_id(j["room_id"], room_id)
+            ]
             return copy.deepcopy(chosen)
 
     def load_jobs(self, path: str | Path) -> int:
@@ -275,7 +301,7 @@ class FakeMetaStudio:
     def query(self, room_id: str, query: JobQuery) -> tuple[int, list[dict[str, Any]]]:
         """``count`` (all matches) and the page, as Table 5 answers them."""
         with self._lock:
-            jobs = [j for j in self._jobs.values() if j["room_id"] == room_id]
+            jobs = [j for j in self._jobs.values() if same_id(j["room_id"], room_id)]
             if query.states is not None:
                 jobs = [j for j in jobs if j.get("state") in query.states]
             if query.since is not None or query.until is not None:
@@ -435,7 +461,7 @@ def create_fake_app(fake: FakeMetaStudio) -> Starlette:
                 await asyncio.sleep(0.05)
         if auth not in ("token", "aksk"):
             return _answer(401, UNAUTHORIZED)
-        if fake.mode == "error":
+        if fake.mode == "error" or fake.next_request_fails():
             return _answer(500, INTERNAL)
         if request.path_params["project_id"] != fake.project_id:
             log.info("fake MetaStudio: 400: unknown project_id")
@@ -480,6 +506,17 @@ def create_fake_app(fake: FakeMetaStudio) -> Starlette:
     async def list_all_jobs(request: Request) -> Response:
         return _answer(200, {"jobs": fake.jobs(request.query_params.get("room_id"))})
 
+    async def set_faults(request: Request) -> Response:
+        body = await _json_object(request) or {}
+        count, after = body.get("count", 1), body.get("after", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, after)):
+            return _answer(400, {"error_code": "FAKE.BAD_FAULT", "error_msg": "count, after: ints"})
+        try:
+            fake.fail_requests(count, after=after)
+        except ValueError as exc:
+            return _answer(400, {"error_code": "FAKE.BAD_FAULT", "error_msg": str(exc)})
+        return _answer(200, {"count": count, "after": after})
+
     async def set_mode(request: Request) -> Response:
         body = await _json_object(request)
         try:
@@ -503,6 +540,7 @@ def create_fake_app(fake: FakeMetaStudio) -> Starlette:
             Route("/_fake/jobs/{job_id}", patch_job, methods=["PATCH"]),
             Route("/_fake/jobs/{job_id}", delete_job, methods=["DELETE"]),
             Route("/_fake/mode", set_mode, methods=["POST"]),
+            Route("/_fake/faults", set_faults, methods=["POST"]),
             Route("/_fake/requests", requests_log, methods=["GET", "DELETE"]),
         ],
         middleware=[Middleware(_RequestId)],

@@ -53,7 +53,13 @@ storable_values = st.recursive(
     ),
     max_leaves=16,
 )
+# MetaStudio's own spellings of one id (32 hex digits in callbacks, dashed in its job query API,
+# receiver.ids), in either case, beside any other text and numbers.
+metastudio_ids = st.uuids().flatmap(
+    lambda u: st.sampled_from([u.hex, str(u), u.hex.upper(), str(u).upper()])
+)
 valid_ids = st.one_of(
+    metastudio_ids,
     st.text(no_surrogates, min_size=1, max_size=40).filter(lambda t: t.strip(" \t\r\n")),
     st.integers(min_value=0, max_value=2**63 - 1),
 )
