@@ -36,6 +36,9 @@ from receiver.signing import AuthType
 from receiver.store import DELIVERIES, create_engine_for
 from receiver.testing import sign_request
 
+# The cross-check world (fake MetaStudio on loopback, intake on a migrated store) for every module.
+pytest_plugins = ["crosscheck_world"]
+
 PG_ADMIN_URL = os.environ.get(
     "RECEIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
