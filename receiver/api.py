@@ -1,4 +1,5 @@
-"""HTTP routes. The only place where the project's errors become HTTP answers.
+"""HTTP routes, and the exception handlers where the project's errors become HTTP answers
+(receiver.callbacks answers the callback path itself, with the same status map and shape).
 
 Every error answer has MetaStudio's own shape, ``{"error_code": ..., "error_msg": ...}``
 (metastudio-list-smart-live-jobs.txt, Tables 15-17), and no input a client can send gets a 500.
@@ -7,7 +8,6 @@ Every error answer has MetaStudio's own shape, ``{"error_code": ..., "error_msg"
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
@@ -16,46 +16,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import api_v1
-from receiver.bodies import declared_length, read_body
 from receiver.errors import (
-    ApiUnauthorized,
-    BodyTooLarge,
-    ClientGone,
-    DecodeError,
-    MetaStudioError,
-    NotConfigured,
-    NotFound,
-    QueryError,
     ReceiverError,
-    SignatureError,
     StoreUnavailable,
     UndecodableStored,
-    UnknownEndpoint,
 )
-from receiver.intake import receive
 from receiver.metrics import CONTENT_TYPE
 from receiver.observability import request_id
 from receiver.openapi import document
-from receiver.responses import JSON, error_answer
+from receiver.responses import JSON, error_answer, status_for
 
 if TYPE_CHECKING:
     from receiver.app import Runtime
 
 log = logging.getLogger("receiver.api")
 
-_STATUS: list[tuple[type[ReceiverError], int]] = [
-    (SignatureError, 401),
-    (ApiUnauthorized, 401),
-    (DecodeError, 400),
-    (QueryError, 400),
-    (UnknownEndpoint, 404),
-    (NotFound, 404),
-    (NotConfigured, 409),
-    (MetaStudioError, 502),
-    (BodyTooLarge, 413),
-    (ClientGone, 400),
-    (StoreUnavailable, 503),
-]
 _HTTP_CODES = {
     400: "RCV.BAD_REQUEST",
     401: "RCV.UNAUTHORIZED",
@@ -70,56 +45,6 @@ _HTTP_CODES = {
 def runtime(request: Request) -> Runtime:
     value: Runtime = request.app.state.runtime
     return value
-
-
-async def callback(request: Request) -> Response:
-    rt = runtime(request)
-    started = time.perf_counter()
-    now = time.time()
-    name = request.path_params["name"]
-    client = request.client
-    remote = client.host if client else None
-    body = b""
-    metrics = rt.metrics
-    try:
-        endpoint = rt.endpoints.get(name)
-        if endpoint is None:
-            raise UnknownEndpoint(f"no endpoint named {name[:64]!r} is configured")
-        body = await read_body(request, rt.settings.max_body_bytes)
-        receipt = await receive(
-            endpoint=endpoint,
-            body=body,
-            query_string=request.scope["query_string"].decode("latin-1"),
-            headers=request.headers,
-            remote_addr=remote,
-            now=now,
-            writer=rt.writer,
-            on_verified=metrics.clock_skew.observe,
-        )
-    except StoreUnavailable:
-        metrics.delivered(name[:64], "unavailable")
-        raise
-    except UndecodableStored as exc:
-        metrics.delivered(name, "undecodable")
-        rt.rejections.record(exc=exc, endpoint=name, remote_addr=remote, body=body, now=now)
-        metrics.rejections.labels("undecodable").inc()
-        raise
-    except ReceiverError as exc:
-        known = name if name in rt.endpoints else "(unknown)"
-        metrics.delivered(known, "rejected")
-        size = len(body)
-        if isinstance(exc, BodyTooLarge):
-            size = declared_length(request) or rt.settings.max_body_bytes + 1
-        reason = rt.rejections.record(
-            exc=exc, endpoint=name, remote_addr=remote, body=body, body_size=size, now=now
-        )
-        metrics.rejections.labels(reason).inc()
-        raise
-    metrics.delivered(name, receipt.result)
-    metrics.intake_seconds.observe(time.perf_counter() - started)
-    return JSON(
-        {"result": receipt.result, "delivery_id": receipt.delivery_id, "event_id": receipt.event_id}
-    )
 
 
 async def healthz(request: Request) -> Response:
@@ -144,7 +69,7 @@ async def openapi(request: Request) -> Response:
 
 async def on_receiver_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ReceiverError)
-    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+    status = status_for(exc)
     endpoint = request.path_params.get("name")
     if isinstance(exc, StoreUnavailable):
         log.warning("503 for %s: %s", request.url.path, exc.message)
@@ -185,7 +110,6 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 routes = [
-    Route("/callbacks/{name}", callback, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

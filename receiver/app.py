@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from receiver import api
+from receiver.callbacks import ReceiverApp, callback_endpoint
 from receiver.config import EndpointSettings, Settings
 from receiver.crosscheck import Policy
 from receiver.crosscheck_run import CrossChecker
@@ -107,7 +109,7 @@ async def _every(interval: float, checker: CrossChecker) -> None:
             )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> ReceiverApp:
     """The receiver as an ASGI app. The schema must already be migrated (``receiver.migrate``)."""
 
     @contextlib.asynccontextmanager
@@ -156,8 +158,10 @@ def create_app(settings: Settings) -> Starlette:
                 source.close()
             reader.dispose()
 
-    app = Starlette(
-        routes=api.routes,
+    app = ReceiverApp(
+        # POST /callbacks/{name} is answered by ReceiverApp before routing; the route stays for
+        # a 405 on other methods, and for requests under a root_path.
+        routes=[Route("/callbacks/{name}", callback_endpoint, methods=["POST"]), *api.routes],
         exception_handlers=api.exception_handlers,
         middleware=[Middleware(RequestIdMiddleware)],
         lifespan=lifespan,

@@ -22,6 +22,11 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 _PLAIN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def plain_request_id(text: str) -> str | None:
+    """The caller's X-Request-Id, if it is short and plain enough to echo and log."""
+    return text if _PLAIN.match(text) else None
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,8 +38,7 @@ class RequestIdMiddleware:
         given = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                text = value.decode("latin-1")
-                given = text if _PLAIN.match(text) else None
+                given = plain_request_id(value.decode("latin-1"))
                 break
         rid = given or os.urandom(12).hex()
         # Also in the scope: a 500 is answered outside this middleware (by Starlette's
