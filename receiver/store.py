@@ -11,11 +11,14 @@ database's unique key).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,8 +33,10 @@ from receiver.errors import StoreUnavailable
 from receiver.models import Delivery, Event
 from receiver.store_write import (
     IncomingDelivery,
+    Rows,
     WriteOutcome,
     dedup_key_for,
+    prepare,
     write_postgres,
     write_sqlite,
 )
@@ -266,8 +271,12 @@ class Store:
     def ping(self) -> None:
         self._in_transaction(lambda cur: cur.execute("SELECT 1"))
 
+    def prepare(self, item: IncomingDelivery) -> Rows:
+        """The rows of one delivery for this store's driver (receiver.store_write.prepare)."""
+        return prepare(item, sqlite=self._sqlite_path is not None)
+
     def write_batch(
-        self, items: Sequence[IncomingDelivery]
+        self, items: Sequence[IncomingDelivery], rows: Sequence[Rows] | None = None
     ) -> list[WriteOutcome | StoreUnavailable]:
         """Store ``items`` in one transaction; outcomes in the same order.
 
@@ -278,15 +287,15 @@ class Store:
         """
         write = write_sqlite if self._sqlite_path is not None else write_postgres
         try:
-            return list(self._in_transaction(lambda cur: write(cur, items)))
+            return list(self._in_transaction(lambda cur: write(cur, items, rows)))
         except RowRefused as exc:
             if len(items) == 1:
                 log.error("store refused a delivery: %s", exc.message)
                 return [StoreUnavailable("the store refused this delivery")]
             log.warning("batch of %d refused (%s); retrying one by one", len(items), exc.message)
         outcomes: list[WriteOutcome | StoreUnavailable] = []
-        for item in items:
-            outcomes.extend(self.write_batch([item]))
+        for index, item in enumerate(items):
+            outcomes.extend(self.write_batch([item], None if rows is None else [rows[index]]))
         return outcomes
 
 
@@ -310,11 +319,22 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-Entry = tuple[IncomingDelivery, "asyncio.Future[WriteOutcome]", float]
+# (delivery, its rows, its answer, the loop time by which it must be committed)
+Entry = tuple[IncomingDelivery, Rows, "asyncio.Future[WriteOutcome]", float]
+# Work for the writer thread other than deliveries: a call, and where its result goes.
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+_STOP = object()
 
 
 class GroupCommitWriter:
-    """Gathers concurrent deliveries into batches and commits each batch on one thread."""
+    """Gathers concurrent deliveries into batches and commits each batch on one thread.
+
+    The writer thread drives itself: it takes whatever is queued (up to ``max_batch``), commits
+    it, hands the outcomes to the event loop and at once takes the next batch, which filled up
+    while it committed. Going back to the loop between batches would leave the thread idle for
+    as long as the loop is busy answering; here it only waits when nothing is queued. The
+    thread also runs ``ping`` and ``close``: the store's connection is only ever used by it.
+    """
 
     def __init__(
         self, store: Store, *, max_batch: int = 512, max_pending: int = 20000, timeout: float = 10.0
@@ -323,14 +343,15 @@ class GroupCommitWriter:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.timeout = timeout
-        # (delivery, its answer, the loop time by which it must be committed)
-        self._pending: list[Entry] = []
-        self._inflight: list[Entry] = []
+        self._queue: queue.SimpleQueue[Entry | _Call | object] = queue.SimpleQueue()
+        # Every delivery not yet answered, in arrival order (so also in deadline order).
+        self._waiting: collections.deque[Entry] = collections.deque()
+        self._unanswered = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._maintenance = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-checkpoint")
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.last_error: str | None = None
         self.batches = 0
@@ -339,54 +360,157 @@ class GroupCommitWriter:
         self.on_batch: Callable[[Sequence[WriteOutcome | StoreUnavailable]], None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._thread_main, name="store-writer", daemon=True)
+        self._thread.start()
         self._watchdog = asyncio.create_task(self._watch(), name="group-commit-watchdog")
 
     async def stop(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, close the store's connection, then stop."""
+        if self._closing:
+            return
         self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._thread is not None and self._stopped is not None:
+            self._queue.put(_STOP)
+            await self._stopped
+            self._thread.join()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         self._maintenance.shutdown(wait=True)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.store.close)
-        self._executor.shutdown(wait=True)
 
     async def ping(self) -> None:
         """Raises StoreUnavailable unless the store answers (on the writer's own thread)."""
-        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self.store.ping), timeout=self.timeout
-            )
+            await asyncio.wait_for(self._call(self.store.ping), timeout=self.timeout)
         except TimeoutError:
             # A bare TimeoutError would reach the routes as an unexpected error (a 500).
             raise StoreUnavailable(
                 f"the store did not answer within {self.timeout:g} seconds"
             ) from None
 
-    async def write(self, item: IncomingDelivery) -> WriteOutcome:
-        if self._closing:
+    def _call(self, work: Callable[[], Any]) -> asyncio.Future[Any]:
+        if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
-        if len(self._pending) >= self.max_pending:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((work, future))
+        return future
+
+    async def write(self, item: IncomingDelivery) -> WriteOutcome:
+        if self._closing or self._loop is None:
+            raise StoreUnavailable("the receiver is shutting down")
+        if self._unanswered >= self.max_pending:
             raise StoreUnavailable("the store is not keeping up; too many deliveries waiting")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future: asyncio.Future[WriteOutcome] = loop.create_future()
-        self._pending.append((item, future, loop.time() + self.timeout))
-        self._wake.set()
-        return await future
+        entry = (item, self.store.prepare(item), future, loop.time() + self.timeout)
+        self._unanswered += 1
+        self._waiting.append(entry)
+        self._queue.put(entry)
+        try:
+            return await future
+        finally:
+            self._unanswered -= 1
+
+    # --- on the writer thread ---------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            if _is_call(first):
+                self._run_call(first)  # type: ignore[arg-type]
+                continue
+            batch: list[Entry] = [first]  # type: ignore[list-item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    break
+                if _is_call(more):
+                    self._run_call(more)  # type: ignore[arg-type]
+                    continue
+                batch.append(more)  # type: ignore[arg-type]
+            self._write(batch)
+        try:
+            self.store.close()
+        finally:
+            self._to_loop(_resolve, self._stopped, None)
+
+    def _write(self, batch: list[Entry]) -> None:
+        items = [entry[0] for entry in batch]
+        rows = [entry[1] for entry in batch]
+        try:
+            outcomes: list[WriteOutcome | StoreUnavailable] | StoreUnavailable
+            outcomes = self.store.write_batch(items, rows)
+        except StoreUnavailable as exc:
+            outcomes = exc
+        except Exception as exc:  # never let the writer die
+            log.exception("unexpected error while writing a batch")
+            outcomes = StoreUnavailable(f"store error: {type(exc).__name__}")
+        self._to_loop(self._answer, batch, outcomes)
+
+    def _run_call(self, call: _Call) -> None:
+        work, future = call
+        try:
+            result = work()
+        except BaseException as exc:  # handed to whoever awaits it
+            self._to_loop(_fail, future, exc)
+        else:
+            self._to_loop(_resolve, future, result)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # --- on the event loop --------------------------------------------------------------------
+
+    def _answer(
+        self, batch: list[Entry], outcomes: list[WriteOutcome | StoreUnavailable] | StoreUnavailable
+    ) -> None:
+        if isinstance(outcomes, StoreUnavailable):
+            self._failed(outcomes, batch)
+            return
+        self.last_error = None
+        self.batches += 1
+        self.batch_sizes.append(len(batch))
+        if len(self.batch_sizes) > 10000:
+            del self.batch_sizes[:5000]
+        if self.on_batch is not None:
+            self.on_batch(outcomes)
+        for (_, _, future, _), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, StoreUnavailable):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _failed(self, exc: StoreUnavailable, batch: list[Entry]) -> None:
+        if self.last_error != exc.message:
+            log.error("store unavailable: %s", exc.message)
+        self.last_error = exc.message
+        for _, _, future, _ in batch:
+            if not future.done():
+                future.set_exception(StoreUnavailable(exc.message))
 
     async def _watch(self) -> None:
         """Answer 503 for deliveries not committed in time (one timer for all, not one each).
-        A delivery that commits after its 503 is stored; the sender's retry gets "duplicate"."""
+        A delivery that commits after its 503 is stored; the sender's retry gets "duplicate".
+        Also starts the SQLite checkpoint about once a second, on a thread of its own."""
         loop = asyncio.get_running_loop()
         step = min(0.2, self.timeout / 4)
         checkpoint: asyncio.Future[None] | None = None
         next_checkpoint = loop.time() + 1.0
+        waiting = self._waiting
         while True:
             await asyncio.sleep(step)
             now = loop.time()
@@ -395,57 +519,28 @@ class GroupCommitWriter:
                     log.debug("checkpoint failed: %r", checkpoint.exception())
                 checkpoint = loop.run_in_executor(self._maintenance, self.store.checkpoint)
                 next_checkpoint = now + 1.0
-            for entries in (self._pending, self._inflight):
-                for _, future, deadline in entries:
-                    if deadline <= now and not future.done():
-                        future.set_exception(
-                            StoreUnavailable(
-                                f"the store did not commit within {self.timeout:g} seconds"
-                            )
+            while waiting and waiting[0][2].done():
+                waiting.popleft()
+            for _, _, future, deadline in waiting:
+                if deadline > now:
+                    break  # the rest arrived later: their deadlines are later too
+                if not future.done():
+                    future.set_exception(
+                        StoreUnavailable(
+                            f"the store did not commit within {self.timeout:g} seconds"
                         )
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._inflight = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                items = [entry[0] for entry in batch]
-                try:
-                    outcomes = await loop.run_in_executor(
-                        self._executor, self.store.write_batch, items
                     )
-                except StoreUnavailable as exc:
-                    self._failed(exc, batch)
-                    continue
-                except Exception as exc:  # never let the writer die
-                    log.exception("unexpected error while writing a batch")
-                    self._failed(StoreUnavailable(f"store error: {type(exc).__name__}"), batch)
-                    continue
-                self.last_error = None
-                self.batches += 1
-                self.batch_sizes.append(len(batch))
-                if len(self.batch_sizes) > 10000:
-                    del self.batch_sizes[:5000]
-                if self.on_batch is not None:
-                    self.on_batch(outcomes)
-                for (_, future, _), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, StoreUnavailable):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-            self._inflight = []
-            if self._closing:
-                return
 
-    def _failed(self, exc: StoreUnavailable, batch: list[Entry]) -> None:
-        if self.last_error != exc.message:
-            log.error("store unavailable: %s", exc.message)
-        self.last_error = exc.message
-        for _, future, _ in batch:
-            if not future.done():
-                future.set_exception(StoreUnavailable(exc.message))
+
+def _is_call(entry: object) -> bool:
+    return isinstance(entry, tuple) and len(entry) == 2
+
+
+def _resolve(future: asyncio.Future[Any] | None, result: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

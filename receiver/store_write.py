@@ -87,7 +87,9 @@ _EVENT_COLUMNS = (
 )
 # The statements, built once from the constants above (no input reaches the SQL text).
 _SQLITE_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
-_SQLITE_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
+# Heads of multi-row inserts (_insert_rows adds one group of marks per row).
+_SQLITE_DELIVERY_HEAD = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES"
+_SQLITE_EVENT_HEAD = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES"
 _PG_DELIVERY = (
     f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "  # noqa: S608
     f"VALUES ({', '.join(['%s'] * 11)}, %s::jsonb, %s::jsonb, %s, %s)"
@@ -114,15 +116,31 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _delivery_values(item: IncomingDelivery, *, sqlite: bool) -> list[Any]:
+Rows = tuple[list[Any], list[Any] | None]
+"""One delivery's values, built once: its ``deliveries`` row, and its ``events`` row (the
+delivery id, index 0, still to fill in) or None when the body did not decode."""
+
+
+def prepare(item: IncomingDelivery, *, sqlite: bool) -> Rows:
+    """The rows of ``item``, built on the caller's thread (the event loop's, at intake), so the
+    writer thread spends its time in the driver rather than in Python."""
+    if not sqlite:
+        item = _pg_safe(item)
     stamp = _sqlite_time if sqlite else _same
+    received, signed = stamp(item.received_at), stamp(item.signed_at)
+    delivery = _delivery_values(item, received, signed)
+    event = None if item.event is None else _event_values(item, received, signed)
+    return delivery, event
+
+
+def _delivery_values(item: IncomingDelivery, received: Any, signed: Any) -> list[Any]:
     return [
         item.endpoint,
         DeliveryStatus.STORED if item.event is not None else DeliveryStatus.UNDECODABLE,
         item.dedup_key,
         None,
-        stamp(item.received_at),
-        stamp(item.signed_at),
+        received,
+        signed,
         item.key_index,
         item.time_unit,
         item.body,
@@ -136,8 +154,8 @@ def _delivery_values(item: IncomingDelivery, *, sqlite: bool) -> list[Any]:
     ]
 
 
-def _receipt_values(item: IncomingDelivery, original_id: int, *, sqlite: bool) -> list[Any]:
-    values = _delivery_values(item, sqlite=sqlite)
+def _receipt_values(delivery: list[Any], original_id: int) -> list[Any]:
+    values = list(delivery)
     values[1] = DeliveryStatus.DUPLICATE
     values[2] = None  # dedup_key: only the original holds it
     values[3] = original_id
@@ -145,20 +163,19 @@ def _receipt_values(item: IncomingDelivery, original_id: int, *, sqlite: bool) -
     return values
 
 
-def _event_values(item: IncomingDelivery, delivery_id: int, *, sqlite: bool) -> list[Any]:
+def _event_values(item: IncomingDelivery, received: Any, signed: Any) -> list[Any]:
     event = item.event
     assert event is not None
-    stamp = _sqlite_time if sqlite else _same
     return [
-        delivery_id,
+        None,  # delivery_id: known once the delivery row is in
         item.endpoint,
         event.event_type,
         event.room_id,
         event.job_id,
         None if event.room_id is None else id_key(event.room_id),
         None if event.job_id is None else id_key(event.job_id),
-        stamp(item.received_at),
-        stamp(item.signed_at),
+        received,
+        signed,
         _json(event.message),
         event.message_encoding,
         _json(event.extra),
@@ -169,67 +186,138 @@ def _same(value: datetime | None) -> datetime | None:
     return value
 
 
-def write_sqlite(cur: Any, items: Sequence[IncomingDelivery]) -> list[WriteOutcome]:
-    """In a transaction begun with BEGIN IMMEDIATE (this connection holds the write lock, so the
-    rows past ``max(id)`` after the inserts are exactly the ones this batch inserted)."""
+def write_sqlite(
+    cur: Any, items: Sequence[IncomingDelivery], rows: Sequence[Rows] | None = None
+) -> list[WriteOutcome]:
+    """In a transaction begun with BEGIN IMMEDIATE: this connection holds the write lock, so no
+    other writer can add a row between the statements (see :func:`_insert_rows` for the ids).
+    ``rows``: each item's :func:`prepare` (built here when not given).
+
+    Few statements per batch, whatever its size: the keys already stored are read first, then the
+    new rows go in with one multi-row INSERT per table. The sqlite3 module lets go of the GIL at
+    every step of a statement; with the event loop's thread waiting for it, each step costs two
+    thread switches, so a statement per row would cost more than the row itself."""
+    if rows is None:
+        rows = [prepare(item, sqlite=True) for item in items]
     originals, first = _originals(items)
-    before = cur.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
-    cur.executemany(
-        _SQLITE_DELIVERY + _ON_CONFLICT,
-        [_delivery_values(item, sqlite=True) for item in originals],
-    )
-    inserted = dict(
-        cur.execute("SELECT dedup_key, id FROM deliveries WHERE id > ?", (before,)).fetchall()
-    )
+    existing = _existing(cur, [items[i].dedup_key for i in originals], "?")
+    fresh = [i for i in originals if items[i].dedup_key not in existing]
+    inserted: dict[str, int] = {}
     event_ids: dict[int, int] = {}
-    event_rows = [
-        _event_values(item, inserted[item.dedup_key], sqlite=True)
-        for item in originals
-        if item.event is not None and item.dedup_key in inserted
-    ]
-    if event_rows:
-        before_events = cur.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-        cur.executemany(_SQLITE_EVENT, event_rows)
-        event_ids = {
-            delivery_id: event_id
-            for event_id, delivery_id in cur.execute(
-                "SELECT id, delivery_id FROM events WHERE id > ?", (before_events,)
+    if fresh:
+        delivery_rows = [rows[i][0] for i in fresh]
+        keys = [items[i].dedup_key for i in fresh]
+        ids = _insert_rows(cur, "deliveries", _SQLITE_DELIVERY_HEAD, delivery_rows, _ON_CONFLICT)
+        if ids is None:  # cannot happen under the write lock; read the ids back to be sure
+            inserted = dict(
+                _select_in(cur, "SELECT dedup_key, id FROM deliveries", "dedup_key", keys)
             )
-        }
-    missing = [key for key in first if key not in inserted]
-    existing = _existing(cur, missing, "?") if missing else {}
-    outcomes, receipts = _outcomes(items, first, inserted, event_ids, existing, sqlite=True)
+        else:
+            inserted = dict(zip(keys, ids, strict=True))
+    event_rows = _event_rows(items, rows, originals, inserted)
+    if event_rows:
+        ids = _insert_rows(cur, "events", _SQLITE_EVENT_HEAD, event_rows)
+        if ids is None:
+            owners = [row[0] for row in event_rows]
+            event_ids = dict(
+                _select_in(cur, "SELECT delivery_id, id FROM events", "delivery_id", owners)
+            )
+        else:
+            event_ids = {row[0]: event_id for row, event_id in zip(event_rows, ids, strict=True)}
+    outcomes, receipts = _outcomes(items, rows, first, inserted, event_ids, existing)
     if receipts:
         cur.executemany(_SQLITE_DELIVERY, receipts)
     return outcomes
 
 
-def write_postgres(cur: Any, items: Sequence[IncomingDelivery]) -> list[WriteOutcome]:
+# Rows per multi-row INSERT: 15 columns x 256 rows stays far below SQLite's 32,766 variables.
+_ROWS_PER_INSERT = 256
+
+
+def _insert_rows(
+    cur: Any, table: str, head: str, rows: Sequence[Sequence[Any]], tail: str = ""
+) -> list[int] | None:
+    """``head`` (``INSERT INTO table (...) VALUES``) + ``(?, ...), (?, ...)`` + ``tail``: one
+    statement, one step, per 256 rows. Returns the new rows' ids in order, or None if that
+    cannot be told for sure (some row did not go in), for the caller to read them back."""
+    mark = "(" + ", ".join("?" * len(rows[0])) + ")"
+    ids: list[int] | None = []
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        marks = ", ".join([mark] * len(chunk))
+        cur.execute(f"{head} {marks}{tail}", [v for row in chunk for v in row])
+        new = _new_ids(cur, table, len(chunk))
+        ids = None if ids is None or new is None else ids + new
+    return ids
+
+
+def _new_ids(cur: Any, table: str, count: int) -> list[int] | None:
+    """The ids the last INSERT gave, in VALUES order, or None if that cannot be told for sure.
+
+    SQLite gives each new row max(rowid) + 1, so under the write lock an INSERT of ``count`` rows
+    that all went in has ids ``last - count + 1 .. last``: exactly when ``changes()`` is
+    ``count`` and the table holds ``count`` rows past ``last - count``. One query, one step."""
+    query = (
+        "SELECT changes(), last_insert_rowid(), "  # noqa: S608 - table is a constant
+        f"(SELECT count(*) FROM {table} WHERE id > last_insert_rowid() - changes())"
+    )
+    changed, last, after = cur.execute(query).fetchone()
+    if changed != count or after != count:
+        return None
+    return list(range(last - count + 1, last + 1))
+
+
+def _select_in(cur: Any, select: str, column: str, values: list[Any]) -> list[tuple[Any, Any]]:
+    found: list[tuple[Any, Any]] = []
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        found += cur.execute(f"{select} WHERE {column} IN ({_marks(len(chunk), '?')})", chunk)
+    return found
+
+
+def _event_rows(
+    items: Sequence[IncomingDelivery],
+    rows: Sequence[Rows],
+    originals: list[int],
+    inserted: dict[str, int],
+) -> list[list[Any]]:
+    """The events rows of the originals this batch inserted, their delivery ids filled in."""
+    event_rows = []
+    for index in originals:
+        event = rows[index][1]
+        delivery_id = inserted.get(items[index].dedup_key)
+        if event is not None and delivery_id is not None:
+            event = list(event)
+            event[0] = delivery_id
+            event_rows.append(event)
+    return event_rows
+
+
+def write_postgres(
+    cur: Any, items: Sequence[IncomingDelivery], rows: Sequence[Rows] | None = None
+) -> list[WriteOutcome]:
     """In an open transaction. Replicas take turns: the advisory lock lasts until this
     transaction commits, so ids are handed out in commit order, every id a reader can see is
     below every id still uncommitted, and keyset pages (receiver.queries) never skip an event
     that commits late. The same order also rules out deadlocks between replicas."""
+    if rows is None:
+        rows = [prepare(item, sqlite=False) for item in items]
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_ORDER_LOCK,))
-    items = [_pg_safe(item) for item in items]
     originals, first = _originals(items)
     cur.executemany(
         _PG_DELIVERY + _ON_CONFLICT + " RETURNING dedup_key, id",
-        [_delivery_values(item, sqlite=False) for item in originals],
+        [rows[i][0] for i in originals],
         returning=True,
     )
     inserted = dict(_all_results(cur))
     event_ids: dict[int, int] = {}
-    event_rows = [
-        _event_values(item, inserted[item.dedup_key], sqlite=False)
-        for item in originals
-        if item.event is not None and item.dedup_key in inserted
-    ]
+    event_rows = _event_rows(items, rows, originals, inserted)
     if event_rows:
         cur.executemany(_PG_EVENT, event_rows, returning=True)
         event_ids = dict(_all_results(cur))
     missing = [key for key in first if key not in inserted]
     existing = _existing(cur, missing, "%s") if missing else {}
-    outcomes, receipts = _outcomes(items, first, inserted, event_ids, existing, sqlite=False)
+    outcomes, receipts = _outcomes(items, rows, first, inserted, event_ids, existing)
     if receipts:
         cur.executemany(_PG_DELIVERY, receipts)
     return outcomes
@@ -247,15 +335,13 @@ def _all_results(cur: Any) -> list[tuple[Any, Any]]:
             return rows
 
 
-def _originals(
-    items: Sequence[IncomingDelivery],
-) -> tuple[list[IncomingDelivery], dict[str, int]]:
-    """The first item of each dedup key, in key order: replicas that insert overlapping keys
-    wait for each other in one direction only."""
+def _originals(items: Sequence[IncomingDelivery]) -> tuple[list[int], dict[str, int]]:
+    """The index of the first item of each dedup key, in key order: replicas that insert
+    overlapping keys wait for each other in one direction only."""
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         first.setdefault(item.dedup_key, index)
-    originals = sorted((items[i] for i in first.values()), key=lambda item: item.dedup_key)
+    originals = sorted(first.values(), key=lambda index: items[index].dedup_key)
     return originals, first
 
 
@@ -272,12 +358,11 @@ def _existing(cur: Any, keys: list[str], mark: str) -> dict[str, WriteOutcome]:
 
 def _outcomes(
     items: Sequence[IncomingDelivery],
+    rows: Sequence[Rows],
     first: dict[str, int],
     inserted: dict[str, int],
     event_ids: dict[int, int],
     existing: dict[str, WriteOutcome],
-    *,
-    sqlite: bool,
 ) -> tuple[list[WriteOutcome], list[list[Any]]]:
     outcomes: list[WriteOutcome] = []
     receipts: list[list[Any]] = []
@@ -297,7 +382,7 @@ def _outcomes(
             outcome = found
         outcomes.append(outcome)
         if outcome.result == "duplicate":
-            receipts.append(_receipt_values(item, outcome.delivery_id, sqlite=sqlite))
+            receipts.append(_receipt_values(rows[index][0], outcome.delivery_id))
     return outcomes, receipts
 
 

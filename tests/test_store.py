@@ -31,6 +31,7 @@ from receiver.store import (
     WriteOutcome,
     create_engine_for,
 )
+from receiver.store_write import Rows, prepare
 from receiver.testing import encode
 
 SIGNED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -314,7 +315,12 @@ class _HangingStore:
     def ping(self) -> None:
         self.release.wait(10)
 
-    def write_batch(self, items: Sequence[IncomingDelivery]) -> list[WriteOutcome]:
+    def prepare(self, item: IncomingDelivery) -> Rows:
+        return prepare(item, sqlite=True)
+
+    def write_batch(
+        self, items: Sequence[IncomingDelivery], rows: Sequence[Rows] | None = None
+    ) -> list[WriteOutcome]:
         self.release.wait(10)
         raise StoreUnavailable("gone")
 
