@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
@@ -27,13 +26,13 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    import uvicorn
-
-    from receiver.app import create_app
     from receiver.migrate import require_current, upgrade
+    from receiver.serving import check_workers, serve
 
     settings = _settings(args, environ)
     setup_logging(settings)
+    workers = args.workers if args.workers is not None else settings.workers
+    check_workers(settings, workers)  # before migrating: a refused combination changes nothing
     if args.no_migrate:
         require_current(settings.database_url)
     else:
@@ -50,39 +49,8 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             endpoint.time_unit.value,
             len(endpoint.keys),
         )
-    from receiver.http_limits import DEFAULT_MAX_HEAD_BYTES, protocol_class
-
-    app = create_app(settings)
-    _freeze_startup_objects()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        server_header=False,
-        # Limits set on purpose: slow or hostile clients cannot hold connections for long.
-        timeout_keep_alive=15,
-        h11_max_incomplete_event_size=DEFAULT_MAX_HEAD_BYTES,
-        # httptools with a bound on the request head and on the time its parts may take
-        # (408/414/431): uvicorn alone has neither, so a byte-a-second client could hold a slot.
-        http=protocol_class(client_timeout=settings.client_timeout_seconds),
-        limit_concurrency=2048,
-        backlog=2048,
-    )
+    serve(settings, host=args.host, port=args.port, workers=workers)
     return 0
-
-
-def _freeze_startup_objects() -> None:
-    """Move what start-up created (modules, the app, its settings) out of the collector's sight.
-
-    A full collection otherwise walks those ~100,000 long-lived objects every time, pausing the
-    event loop (35 ms measured with the ingest path in-process); afterwards it only walks what
-    requests create.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def cmd_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -175,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not migrate at start; refuse to serve unless the schema is at the latest "
         "migration (for replicas, when `migrate` runs as its own step)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes on the one port (default: config key workers, else 1); more "
+        "than one needs PostgreSQL",
     )
     serve.set_defaults(run=cmd_serve)
     migrate = with_config(commands.add_parser("migrate", help="apply database migrations"))

@@ -114,6 +114,8 @@ class Settings:
     # within as many again; a client slower than that is answered 408 and cut off, so a
     # byte-a-second sender cannot hold a connection.
     client_timeout_seconds: float = 10.0
+    # ``serve`` worker processes on one port (more than one needs PostgreSQL: receiver.serving).
+    workers: int = 1
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for endpoint in self.endpoints:
@@ -135,6 +137,7 @@ _TOP_KEYS = {
     "store_timeout_seconds",
     "store_max_pending",
     "client_timeout_seconds",
+    "workers",
 }
 _ENDPOINT_KEYS = {
     "name",
@@ -218,6 +221,7 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
         store_timeout_seconds=_number(data, "store_timeout_seconds", 10.0, low=0.1, high=600),
         store_max_pending=_int(data, "store_max_pending", 20000, low=1, high=1_000_000),
         client_timeout_seconds=_number(data, "client_timeout_seconds", 10.0, low=0.5, high=300),
+        workers=_int(data, "workers", 1, low=1, high=64),
     )
 
 

@@ -20,6 +20,7 @@ reads the answer rather than a reset (nginx's ``lingering_close`` does the same)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -70,13 +71,23 @@ def answer_bytes(status: int, code: str, message: str, headers: list[tuple[bytes
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the size and time limits above.
 
-    Use :func:`protocol_class` to get one with the configured timeout."""
+    Use :func:`protocol_factory` to get one with the configured limits."""
 
     client_timeout: float = 10.0
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        client_timeout: float | None = None,
+        max_head_bytes: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if client_timeout is not None:
+            self.client_timeout = client_timeout
+        if max_head_bytes is not None:
+            self.max_head_bytes = max_head_bytes
         self._deadline: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._reading_head = True  # no request yet, or its line and headers not all here
@@ -234,12 +245,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm()
 
 
-def protocol_class(
+def protocol_factory(
     *, client_timeout: float, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
-) -> type[LimitedHttpToolsProtocol]:
-    """The protocol with these limits, for ``uvicorn.run(http=...)``."""
-    return type(
-        "LimitedHttpToolsProtocol",
-        (LimitedHttpToolsProtocol,),
-        {"client_timeout": client_timeout, "max_head_bytes": max_head_bytes},
+) -> functools.partial[LimitedHttpToolsProtocol]:
+    """The protocol with these limits, for uvicorn's ``http=``. A partial of the module's own
+    class, so that it pickles: worker processes get it from the supervisor (receiver.serving)."""
+    return functools.partial(
+        LimitedHttpToolsProtocol, client_timeout=client_timeout, max_head_bytes=max_head_bytes
     )

@@ -1,18 +1,32 @@
-"""Prometheus metrics (``GET /metrics``), one registry per app so that tests stay apart."""
+"""Prometheus metrics (``GET /metrics``), one registry per app so that tests stay apart.
+
+Under ``serve --workers N`` every worker is a process of its own, and a scrape reaches one of
+them. There, receiver.serving sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
+prometheus_client then keeps every worker's values in files in that folder, and ``/metrics``
+answers the sum over all workers (counters, histograms), or the lowest value of the workers
+alive (``receiver_store_up``: 0 as soon as one worker cannot reach the store).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR) or None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.deliveries = Counter(
@@ -59,7 +73,10 @@ class Metrics:
             registry=r,
         )
         self.store_up = Gauge(
-            "receiver_store_up", "1 when the last store operation succeeded.", registry=r
+            "receiver_store_up",
+            "1 when the last store operation succeeded.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.store_up.set(1)
         self._delivered: dict[tuple[str, str], Any] = {}
@@ -85,4 +102,21 @@ class Metrics:
         self.crosscheck_runs.labels(outcome).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(Path(self.multiprocess_dir))
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(every_worker)
+
+
+def _forget_dead_workers(folder: Path) -> None:
+    """Drop the live gauges of workers that are gone (a worker that died was restarted under a
+    new pid; its last values must not speak for it). Counters stay: they happened."""
+    for pid in {int(m[1]) for f in folder.iterdir() if (m := _LIVE_FILE.match(f.name))}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, under another user
+            continue

@@ -203,6 +203,7 @@ class ServerProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    workers: int = 1  # as the config's ``workers`` says; kill() then kills the whole group
 
     @property
     def base_url(self) -> str:
@@ -215,6 +216,7 @@ class ServerProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.workers > 1,  # a group of its own, for kill()
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -230,9 +232,13 @@ class ServerProcess:
         raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
 
     def kill(self) -> None:
-        """kill -9: no shutdown, no drain."""
+        """kill -9: no shutdown, no drain; with workers, of the supervisor and every worker at
+        once, as when the machine goes down."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            if self.workers > 1:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
@@ -263,7 +269,11 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
             server = ServerProcess(
-                config=config, port=free_port(), env=env, log_path=tmp_path / f"server-{index}.log"
+                config=config,
+                port=free_port(),
+                env=env,
+                log_path=tmp_path / f"server-{index}.log",
+                workers=int(top.get("workers", 1)),
             )
             servers.append(server)
         server.start()

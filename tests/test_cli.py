@@ -72,6 +72,36 @@ def test_bad_config_stops_serve_with_one_line_naming_the_key(
     assert not (tmp_path / "r.db").exists(), "nothing was created"
 
 
+@pytest.mark.parametrize(
+    ("config_workers", "flag"),
+    [pytest.param(2, [], id="config key"), pytest.param(1, ["--workers", "3"], id="flag")],
+)
+def test_serve_refuses_several_workers_on_sqlite_before_touching_it(
+    tmp_path: Path, config_workers: int, flag: list[str]
+) -> None:
+    """SQLite takes one writer at a time: N > 1 worker processes are refused with one line that
+    says why and what to do, and the store is not created meanwhile."""
+    path = write_config(
+        tmp_path / "w.toml",
+        f"sqlite:///{tmp_path / 'r.db'}",
+        endpoint_table(),
+        workers=config_workers,
+    )
+    done = run_cli("serve", "--config", str(path), *flag, cwd=tmp_path)
+    line = one_line(done)
+    assert done.returncode == 2
+    assert "workers:" in line and "SQLite" in line and "PostgreSQL" in line, line
+    assert not (tmp_path / "r.db").exists(), "nothing was created"
+
+
+@pytest.mark.parametrize("workers", [0, 65, "two"])
+def test_workers_key_is_checked(tmp_path: Path, workers: object) -> None:
+    path = write_config(
+        tmp_path / "w.toml", f"sqlite:///{tmp_path / 'r.db'}", endpoint_table(), workers=workers
+    )
+    assert "workers" in one_line(run_cli("migrate", "--config", str(path), cwd=tmp_path))
+
+
 def test_bad_config_stops_migrate_too(tmp_path: Path) -> None:
     path = _bad(tmp_path, auth_type="MEITUAN_DEFAULT")
     done = run_cli("migrate", "--config", str(path), cwd=tmp_path)

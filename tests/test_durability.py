@@ -222,13 +222,28 @@ def test_kill_9_during_load_loses_nothing_acknowledged(
         print(totals.line())
 
 
+@pytest.mark.postgres
+def test_kill_9_of_two_workers_during_load_loses_nothing_acknowledged(
+    pg_url: str, server_factory: Callable[..., ServerProcess]
+) -> None:
+    """The same with ``workers = 2`` (PostgreSQL): each worker group-commits on its own, and the
+    kill takes the supervisor and both workers at once."""
+    kill_delays = random.Random(f"{SEED}-postgres-workers")
+    totals = Totals("postgres, 2 workers")
+    try:
+        _kill_cycles(pg_url, server_factory, kill_delays, totals, workers=2)
+    finally:
+        print(totals.line())
+
+
 def _kill_cycles(
     db_url: str,
     server_factory: Callable[..., ServerProcess],
     kill_delays: random.Random,
     totals: Totals,
+    **top: object,
 ) -> None:
-    server = server_factory(db_url)
+    server = server_factory(db_url, **top)
     acked: dict[Delivery, int] = {}  # every delivery answered 200 -> the delivery id it was given
     duplicate_acks: Counter[int] = Counter()
     all_unacked: set[Delivery] = set()

@@ -96,12 +96,18 @@ def new_delivery(n: int) -> Delivery:
 # -- three replicas, started together ----------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
 def replicas(
-    pg_url: str, fake_metastudio: FakeMetaStudioServer, tmp_path: Path
+    pg_url: str,
+    fake_metastudio: FakeMetaStudioServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[list[ServerProcess]]:
     """Three ``serve`` processes with one config on one fresh database, started at one moment
-    (each migrates at start; the advisory lock in migrations/env.py makes them take turns)."""
+    (each migrates at start; the advisory lock in migrations/env.py makes them take turns).
+    Run twice: with one worker each, and with ``workers = 2`` (six writers; /metrics then sums
+    a replica's two workers)."""
+    workers: int = request.param
     metastudio = fake_metastudio.metastudio_table(
         crosscheck_interval_seconds=0,  # runs only when asked: the test decides when
         cache_seconds=0,
@@ -110,13 +116,22 @@ def replicas(
     # Top-level dotted keys: the [metastudio] table in the TOML write_config writes.
     top = {f"metastudio.{k}": v for k, v in metastudio.items()}
     config = write_config(
-        tmp_path / "replica.toml", pg_url, endpoint_table(), api_tokens=["test-token"], **top
+        tmp_path / "replica.toml",
+        pg_url,
+        endpoint_table(),
+        api_tokens=["test-token"],
+        workers=workers,
+        **top,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "HUAWEICLOUD"))}
     env.update(fake_metastudio.environ)
     servers = [
         ServerProcess(
-            config=config, port=free_port(), env=dict(env), log_path=tmp_path / f"replica-{i}.log"
+            config=config,
+            port=free_port(),
+            env=dict(env),
+            log_path=tmp_path / f"replica-{i}.log",
+            workers=workers,
         )
         for i in range(REPLICAS)
     ]
