@@ -45,6 +45,26 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14, 15 of stat(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's worker processes), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                ppid = int(handle.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
 def system_busy_seconds() -> float:
     """CPU time all CPUs spent on anything but idle and iowait, since boot (/proc/stat)."""
     with open("/proc/stat", encoding="ascii") as handle:
@@ -71,17 +91,22 @@ class CpuUse:
 
 
 def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) -> tuple[T, CpuUse]:
-    """Call ``run`` and account for the CPU time the machine spent meanwhile."""
+    """Call ``run`` and account for the CPU time the machine spent meanwhile. The server is
+    ``pid`` and the processes under it when the run starts (its workers, if it has any)."""
+    server_pids = process_tree(pid)
 
     def store_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in store_pids)
 
-    server0, store0 = process_cpu_seconds(pid), store_seconds()
+    def server_seconds() -> float:
+        return sum(process_cpu_seconds(p) for p in server_pids)
+
+    server0, store0 = server_seconds(), store_seconds()
     children0, busy0 = children_cpu_seconds(), system_busy_seconds()
     start = time.monotonic()
     value = run()
     elapsed = time.monotonic() - start
-    server = process_cpu_seconds(pid) - server0
+    server = server_seconds() - server0
     store = store_seconds() - store0
     children = children_cpu_seconds() - children0
     other = max(0.0, system_busy_seconds() - busy0 - server - store - children)
@@ -170,9 +195,10 @@ class Server:
     def _sample(self) -> None:
         assert self.proc is not None
         while not self._stop_sampling.wait(0.1):
-            rss = proc_status(self.proc.pid).get("VmRSS")
-            if rss is not None:
-                self.rss_samples_kib.append(rss)
+            found = [proc_status(p).get("VmRSS") for p in process_tree(self.proc.pid)]
+            rss = [value for value in found if value is not None]
+            if rss:
+                self.rss_samples_kib.append(sum(rss))
 
     def stop(self) -> None:
         """Read the peak RSS, then stop gracefully (SIGINT; SIGKILL if it hangs). Idempotent."""
@@ -181,7 +207,8 @@ class Server:
             self._sampler.join()
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.peak_rss_kib = proc_status(self.proc.pid).get("VmHWM", 0)
+        # With worker processes: the sum of their peaks (each peaks on its own; an upper bound).
+        self.peak_rss_kib = sum(proc_status(p).get("VmHWM", 0) for p in process_tree(self.proc.pid))
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)

@@ -4,8 +4,10 @@
 
 Runs ``receiver.cli.main`` unchanged. The only addition is a wrapper around
 ``GroupCommitWriter.stop`` (called once, in the app's lifespan shutdown) that writes the writer's
-``batches`` and ``batch_sizes`` to the JSON file named by ``BENCH_BATCH_STATS``; nothing on the
-request path changes. If the writer no longer has those attributes, nothing is written.
+``batches`` and ``batch_sizes`` to ``$BENCH_BATCH_STATS.<pid>`` (one file per worker process);
+nothing on the request path changes. If the writer no longer has those attributes, nothing is
+written. The wrapper is installed at import, outside ``__main__``: ``serve --workers N`` spawns
+its workers as fresh interpreters, which import this module again (as ``__mp_main__``).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ def _record_batches_at_stop(path: str) -> None:
             sizes = getattr(self, "batch_sizes", None)
             if sizes is not None:
                 stats = {"batches": getattr(self, "batches", len(sizes)), "sizes": list(sizes)}
-                with open(path, "w", encoding="utf-8") as handle:
+                with open(f"{path}.{os.getpid()}", "w", encoding="utf-8") as handle:
                     json.dump(stats, handle)
 
     store.GroupCommitWriter.stop = stop  # type: ignore[method-assign]
 
 
+if target := os.environ.get("BENCH_BATCH_STATS"):
+    _record_batches_at_stop(target)
+
 if __name__ == "__main__":
-    if target := os.environ.get("BENCH_BATCH_STATS"):
-        _record_batches_at_stop(target)
     sys.exit(main())
