@@ -34,6 +34,7 @@ log = logging.getLogger("receiver.api")
 _HTTP_CODES = {
     400: "RCV.BAD_REQUEST",
     401: "RCV.UNAUTHORIZED",
+    403: "RCV.FORBIDDEN",
     404: "RCV.NOT_FOUND",
     405: "RCV.METHOD_NOT_ALLOWED",
     413: "RCV.BODY_TOO_LARGE",

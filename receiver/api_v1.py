@@ -1,10 +1,13 @@
-"""The query API under /v1: what was received, refused and found. Bearer tokens required."""
+"""The query API under /v1: what was received, refused and found, and acknowledging findings.
+A bearer token, or the console's session cookie (receiver.sessions), is required."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -17,12 +20,21 @@ from receiver import jobs, queries
 from receiver.bodies import read_body
 from receiver.errors import (
     ApiUnauthorized,
+    CsrfRefused,
     NotConfigured,
     NotFound,
     QueryError,
     StoreUnavailable,
 )
 from receiver.responses import JSON
+from receiver.sessions import (
+    COOKIE,
+    CSRF_HEADER,
+    Caller,
+    check_session,
+    match_token,
+    token_id,
+)
 
 if TYPE_CHECKING:
     from receiver.app import Runtime
@@ -37,22 +49,39 @@ def _runtime(request: Request) -> Runtime:
 
 
 def authorize(request: Request) -> Runtime:
+    """The runtime, once the request has shown a bearer token or the console's session (and,
+    for a session, the CSRF token on anything but GET/HEAD). The caller is kept in
+    ``request.state.caller``."""
     rt = _runtime(request)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiUnauthorized("send Authorization: Bearer <token> (one of api_tokens)")
-    given = token.strip().encode()
-    matched = False
-    for candidate in rt.settings.api_tokens:
-        # Compare with every token, not stopping at a match: time says nothing about which.
-        matched |= hmac.compare_digest(given, candidate.encode())
-    if not matched:
-        raise ApiUnauthorized("the bearer token is not one of api_tokens")
+    request.state.caller = identify(request, rt.settings.api_tokens)
     return rt
 
 
-async def _read(rt: Runtime, work: Callable[[Any], T]) -> T:
+def identify(request: Request, tokens: tuple[str, ...]) -> Caller:
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiUnauthorized("send Authorization: Bearer <token> (one of api_tokens)")
+        matched = match_token(token.strip(), tokens)
+        if matched is None:
+            raise ApiUnauthorized("the bearer token is not one of api_tokens")
+        return Caller(token_id=token_id(matched), via="bearer", token=matched)
+    session = request.cookies.get(COOKIE)
+    if session:
+        matched = check_session(session, tokens)
+        if matched is None:
+            raise ApiUnauthorized("the console session has expired or is not valid; log in again")
+        caller = Caller(token_id=token_id(matched), via="cookie", session=session, token=matched)
+        if request.method not in ("GET", "HEAD"):
+            given = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(given.encode(), caller.csrf().encode()):
+                raise CsrfRefused("this action needs the console's CSRF token (X-CSRF-Token)")
+        return caller
+    raise ApiUnauthorized("send Authorization: Bearer <token> (one of api_tokens)")
+
+
+async def read_store(rt: Runtime, work: Callable[[Any], T]) -> T:
     def run() -> T:
         try:
             with rt.reader.connect() as conn:
@@ -62,6 +91,60 @@ async def _read(rt: Runtime, work: Callable[[Any], T]) -> T:
             raise StoreUnavailable(f"the store did not answer: {problem}") from exc
 
     return await asyncio.to_thread(run)
+
+
+async def write_store(rt: Runtime, work: Callable[[Any], T]) -> T:
+    def run() -> T:
+        try:
+            with rt.reader.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            problem = type(exc.orig).__name__
+            raise StoreUnavailable(f"the store did not answer: {problem}") from exc
+
+    return await asyncio.to_thread(run)
+
+
+ACK_ACTIONS = ("ack", "mute")
+ACK_BODY_LIMIT = 4096
+_PLAIN_NAME = re.compile(r"^[\w .@+-]{1,64}$")
+
+
+async def ack_finding(request: Request) -> Response:
+    """``{"action": "ack"|"mute", "reason": "...", "by": "name"}``: recorded with the caller's
+    token id and the time; the finding then no longer counts as open."""
+    rt = authorize(request)
+    caller: Caller = request.state.caller
+    raw = request.path_params["finding_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise NotFound(f"no finding {raw[:40]!r}")
+    body = await read_body(request, ACK_BODY_LIMIT)
+    try:
+        payload = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise QueryError(
+            'body: must be a JSON object like {"action": "ack", "reason": "..."}'
+        ) from None
+    if not isinstance(payload, dict) or set(payload) - {"action", "reason", "by"}:
+        raise QueryError("body: the fields are action, reason and by")
+    action = payload.get("action", "ack")
+    if action not in ACK_ACTIONS:
+        raise QueryError("action: must be ack or mute")
+    reason = payload.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+        raise QueryError("reason: required, a string of at most 500 characters")
+    name = payload.get("by")
+    if name is not None and (not isinstance(name, str) or not _PLAIN_NAME.match(name)):
+        raise QueryError("by: at most 64 letters, digits, spaces or . @ + - _")
+    by = f"{name} (token {caller.token_id})" if name else f"token {caller.token_id}"
+    now = datetime.now(UTC)
+    finding = await write_store(
+        rt,
+        lambda conn: queries.acknowledge_finding(
+            conn, int(raw), action=action, reason=reason.strip(), by=by, now=now
+        ),
+    )
+    return JSON(finding)
 
 
 _KNOWN_PARAMS = {
@@ -74,7 +157,11 @@ _KNOWN_PARAMS = {
 
 
 def _params(request: Request, kind: str) -> dict[str, str]:
-    allowed = _KNOWN_PARAMS[kind]
+    return known_params(request, _KNOWN_PARAMS[kind])
+
+
+def known_params(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query's parameters, each at most once, none but ``allowed``."""
     found: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name not in allowed:
@@ -100,7 +187,7 @@ async def list_events(request: Request) -> Response:
         "limit": queries.parse_limit(p.get("limit")),
         "cursor": p.get("cursor"),
     }
-    page = await _read(rt, lambda conn: queries.list_events(conn, **kwargs))
+    page = await read_store(rt, lambda conn: queries.list_events(conn, **kwargs))
     return JSON({"events": page.items, "next_cursor": page.next_cursor})
 
 
@@ -109,7 +196,7 @@ async def get_event(request: Request) -> Response:
     raw = request.path_params["event_id"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit(), but int() refuses
         raise QueryError("event id: must be a whole number")
-    event = await _read(rt, lambda conn: queries.get_event(conn, int(raw)))
+    event = await read_store(rt, lambda conn: queries.get_event(conn, int(raw)))
     if event is None:
         raise NotFound(f"no event with id {raw}")
     return JSON(event)
@@ -121,7 +208,7 @@ async def get_job(request: Request) -> Response:
     assert job_id is not None
     p = _params(request, "job")
     limit = queries.parse_limit(p.get("limit"), default=1000, high=queries.MAX_TIMELINE)
-    view = await _read(
+    view = await read_store(
         rt, lambda conn: jobs.job_view(conn, job_id, limit=limit, cursor=p.get("cursor"))
     )
     if view is None:
@@ -140,7 +227,7 @@ async def list_deliveries(request: Request) -> Response:
         "limit": queries.parse_limit(p.get("limit")),
         "cursor": p.get("cursor"),
     }
-    page = await _read(rt, lambda conn: queries.list_deliveries(conn, **kwargs))
+    page = await read_store(rt, lambda conn: queries.list_deliveries(conn, **kwargs))
     return JSON({"deliveries": page.items, "next_cursor": page.next_cursor})
 
 
@@ -155,7 +242,7 @@ async def list_rejections(request: Request) -> Response:
         "cursor": p.get("cursor"),
     }
     await rt.rejections.flush()
-    page = await _read(rt, lambda conn: queries.list_rejections(conn, **kwargs))
+    page = await read_store(rt, lambda conn: queries.list_rejections(conn, **kwargs))
     return JSON({"rejections": page.items, "next_cursor": page.next_cursor})
 
 
@@ -170,7 +257,7 @@ async def list_findings(request: Request) -> Response:
         "limit": queries.parse_limit(p.get("limit")),
         "cursor": p.get("cursor"),
     }
-    page = await _read(rt, lambda conn: queries.list_findings(conn, **kwargs))
+    page = await read_store(rt, lambda conn: queries.list_findings(conn, **kwargs))
     return JSON({"findings": page.items, "next_cursor": page.next_cursor})
 
 
@@ -202,5 +289,6 @@ routes = [
     Route("/v1/deliveries", list_deliveries, methods=["GET"]),
     Route("/v1/rejections", list_rejections, methods=["GET"]),
     Route("/v1/findings", list_findings, methods=["GET"]),
+    Route("/v1/findings/{finding_id}/ack", ack_finding, methods=["POST"]),
     Route("/v1/crosscheck", run_crosscheck, methods=["POST"]),
 ]

@@ -343,7 +343,7 @@ class CrossChecker:
 
         query = (
             sa.select(FINDINGS)
-            .where(FINDINGS.c.resolved_at.is_(None))
+            .where(FINDINGS.c.resolved_at.is_(None), FINDINGS.c.acked_at.is_(None))
             .order_by(FINDINGS.c.id)
             .limit(1000)
         )
@@ -522,11 +522,11 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
         return 0
     unique = {draft.fingerprint: draft for draft in drafts}
     existing = {
-        fingerprint: (fid, resolved)
-        for fid, fingerprint, resolved in conn.execute(
-            sa.select(FINDINGS.c.id, FINDINGS.c.fingerprint, FINDINGS.c.resolved_at).where(
-                FINDINGS.c.fingerprint.in_(list(unique))
-            )
+        fingerprint: (fid, resolved, action)
+        for fid, fingerprint, resolved, action in conn.execute(
+            sa.select(
+                FINDINGS.c.id, FINDINGS.c.fingerprint, FINDINGS.c.resolved_at, FINDINGS.c.ack_action
+            ).where(FINDINGS.c.fingerprint.in_(list(unique)))
         )
     }
     opened = 0
@@ -552,9 +552,17 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
             )
             opened += 1
             continue
-        fid, resolved = found
+        fid, resolved, action = found
+        changes: dict[str, Any] = {}
         if resolved is not None:
             opened += 1
+            if action == "ack":  # handled once; its return is news. A mute holds.
+                changes = {
+                    "ack_action": None,
+                    "acked_by": None,
+                    "acked_at": None,
+                    "ack_reason": None,
+                }
         conn.execute(
             sa.update(FINDINGS)
             .where(FINDINGS.c.id == fid)
@@ -564,6 +572,7 @@ def _upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime)
                 last_seen_at=now,
                 resolved_at=None,
                 occurrences=FINDINGS.c.occurrences + 1,
+                **changes,
             )
         )
     return opened

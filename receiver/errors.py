@@ -108,6 +108,12 @@ class ApiUnauthorized(ReceiverError):
     code = "RCV.API_UNAUTHORIZED"
 
 
+class CsrfRefused(ReceiverError):
+    """A console action (cookie session) without its CSRF token: a forged request."""
+
+    code = "RCV.CSRF_REFUSED"
+
+
 class NotFound(ReceiverError):
     code = "RCV.NOT_FOUND"
 

@@ -205,6 +205,13 @@ class Finding(SQLModel, table=True):
     last_seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     resolved_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     occurrences: int = Field(default=1, sa_column=sa.Column(sa.Integer(), nullable=False))
+    # POST /v1/findings/{id}/ack: "ack" (handled; comes back if the condition clears and
+    # returns) or "mute" (stays out of the open list), who, when, why. Open = neither resolved
+    # nor acknowledged.
+    ack_action: str | None = Field(default=None, sa_column=sa.Column(sa.String(8)))
+    acked_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(160)))
+    acked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    ack_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
 
 
 metadata = SQLModel.metadata

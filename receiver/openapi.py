@@ -193,8 +193,14 @@ SCHEMAS: dict[str, Schema] = {
     "Finding": fields(
         "id:int kind room_id? job_id? endpoint? event_id:int? detail first_seen_at:time"
         " last_seen_at:time resolved_at:time? occurrences:int",
-        status=enum("open", "resolved"),
+        status=enum("open", "acknowledged", "muted", "resolved"),
         data=ANY_OBJECT,
+        acknowledgement=nullable(
+            described(
+                fields("by at:time reason", action=enum("ack", "mute")),
+                "Who acknowledged or muted it (a name and the token's id, a hash), when, why.",
+            )
+        ),
     ),
     "FindingPage": page("findings", "Finding"),
     "CrosscheckReport": fields(
@@ -361,9 +367,77 @@ PATHS: dict[str, dict[str, Schema]] = {
         ROOM_ID,
         JOB_ID,
         param("query", "kind", "Only this kind, e.g. unknown_job."),
-        param("query", "status", "open, resolved or all (the default).", enum(*FINDING_STATUSES)),
+        param(
+            "query",
+            "status",
+            "open (neither resolved nor acknowledged), acknowledged, muted, resolved, or all "
+            "(the default).",
+            enum(*FINDING_STATUSES),
+        ),
         limit(),
         CURSOR,
+        secured=True,
+    ),
+    "/v1/findings/{finding_id}/ack": operation(
+        "ackFinding",
+        "Acknowledge or mute a finding, with a reason; it then no longer counts as open",
+        {
+            "200": answer("The finding, with its acknowledgement.", ref("Finding")),
+            "403": error("A console session without the page's CSRF token (X-CSRF-Token)."),
+            "404": error("No such finding."),
+            "413": error("The body is over 4096 bytes."),
+        },
+        param("path", "finding_id", "The finding's id.", {"type": "string", "pattern": "^[0-9]+$"}),
+        secured=True,
+        method="post",
+        description="ack: handled; the finding opens again if its condition clears and comes"
+        " back. mute: it stays out of the open list however often it recurs.",
+        requestBody={
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "action": enum("ack", "mute"),
+                            "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                            "by": {"type": "string", "pattern": r"^[\w .@+-]{1,64}$"},
+                        },
+                        "required": ["reason"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
+    ),
+    "/v1/events/stream": operation(
+        "streamEvents",
+        "Stored events as server-sent events, as they commit; resumable with Last-Event-ID",
+        {
+            "200": answer(
+                "One message per event: id is the event's id, data the Event as JSON text.",
+                {
+                    "type": "object",
+                    "required": ["id", "data"],
+                    "properties": {"id": STR, "event": STR, "data": STR},
+                },
+                "text/event-stream",
+            )
+        },
+        ROOM_ID,
+        JOB_ID,
+        param(
+            "query",
+            "after",
+            "Start after this event id (0: from the first). Default: with what commits next.",
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        ),
+        param(
+            "header",
+            "last-event-id",
+            "The id of the last event received: the stream goes on after it (wins over after).",
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        ),
         secured=True,
     ),
     "/v1/crosscheck": operation(

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from receiver.errors import QueryError
+from receiver.errors import NotFound, QueryError
 from receiver.ids import id_key, optional_key
 from receiver.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, Rejection
 from receiver.views import delivery_json, event_json, finding_json, iso, rejection_json
@@ -33,7 +33,7 @@ DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 REJECTIONS = Rejection.__table__  # type: ignore[attr-defined]
 FINDINGS = Finding.__table__  # type: ignore[attr-defined]
 SNAPSHOTS = JobSnapshot.__table__  # type: ignore[attr-defined]
-FINDING_STATUSES = ("open", "resolved", "all")
+FINDING_STATUSES = ("open", "acknowledged", "muted", "resolved", "all")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -306,7 +306,14 @@ def list_findings(
     if kind is not None:
         query = query.where(FINDINGS.c.kind == kind)
     if status == "open":
-        query = query.where(FINDINGS.c.resolved_at.is_(None))
+        query = query.where(FINDINGS.c.resolved_at.is_(None), FINDINGS.c.acked_at.is_(None))
+    elif status in ("acknowledged", "muted"):
+        action = "ack" if status == "acknowledged" else "mute"
+        query = query.where(
+            FINDINGS.c.resolved_at.is_(None),
+            FINDINGS.c.acked_at.is_not(None),
+            FINDINGS.c.ack_action == action,
+        )
     elif status == "resolved":
         query = query.where(FINDINGS.c.resolved_at.is_not(None))
     return _page(
@@ -318,6 +325,46 @@ def list_findings(
         filters=filters,
         render=finding_json,
     )
+
+
+def events_after(
+    conn: Connection,
+    after: int,
+    *,
+    room_id: str | None = None,
+    job_id: str | None = None,
+    limit: int = MAX_LIMIT,
+) -> list[dict[str, Any]]:
+    """Events with an id above ``after``, oldest first (the live stream, /v1/events/stream).
+    Ids are handed out in commit order (receiver.store_write), so reading past the last id seen
+    never skips an event that commits late."""
+    query = sa.select(EVENTS).where(EVENTS.c.id > after)
+    room_key, job_key = optional_key(room_id), optional_key(job_id)
+    if room_key is not None:
+        query = query.where(EVENTS.c.room_key == room_key)
+    if job_key is not None:
+        query = query.where(EVENTS.c.job_key == job_key)
+    rows = conn.execute(query.order_by(EVENTS.c.id).limit(limit))
+    return [event_json(row) for row in rows]
+
+
+def last_event_id(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0))).scalar_one())
+
+
+def acknowledge_finding(
+    conn: Connection, finding_id: int, *, action: str, reason: str, by: str, now: datetime
+) -> dict[str, Any]:
+    """Record who acknowledged (or muted) a finding, when and why; its answer as JSON."""
+    updated = conn.execute(
+        sa.update(FINDINGS)
+        .where(FINDINGS.c.id == finding_id)
+        .values(ack_action=action, acked_by=by[:160], acked_at=now, ack_reason=reason[:500])
+    )
+    if updated.rowcount == 0:
+        raise NotFound(f"no finding {finding_id}")
+    row = conn.execute(sa.select(FINDINGS).where(FINDINGS.c.id == finding_id)).one()
+    return finding_json(row)
 
 
 def export_events(

@@ -11,6 +11,7 @@ from receiver.errors import (
     ApiUnauthorized,
     BodyTooLarge,
     ClientGone,
+    CsrfRefused,
     DecodeError,
     MetaStudioError,
     NotConfigured,
@@ -25,6 +26,7 @@ from receiver.errors import (
 _STATUS: list[tuple[type[ReceiverError], int]] = [
     (SignatureError, 401),
     (ApiUnauthorized, 401),
+    (CsrfRefused, 403),
     (DecodeError, 400),
     (QueryError, 400),
     (UnknownEndpoint, 404),

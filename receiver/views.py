@@ -128,11 +128,28 @@ def rejection_json(row: Any) -> dict[str, Any]:
     }
 
 
+def finding_status(row: Any) -> str:
+    """resolved (the condition cleared), muted, acknowledged, or open."""
+    if row.resolved_at is not None:
+        return "resolved"
+    if row.acked_at is not None:
+        return "muted" if row.ack_action == "mute" else "acknowledged"
+    return "open"
+
+
 def finding_json(row: Any) -> dict[str, Any]:
+    ack = None
+    if row.acked_at is not None:
+        ack = {
+            "action": row.ack_action,
+            "by": row.acked_by,
+            "at": iso(row.acked_at),
+            "reason": row.ack_reason,
+        }
     return {
         "id": row.id,
         "kind": row.kind,
-        "status": "open" if row.resolved_at is None else "resolved",
+        "status": finding_status(row),
         "room_id": row.room_id,
         "job_id": row.job_id,
         "endpoint": row.endpoint,
@@ -143,6 +160,7 @@ def finding_json(row: Any) -> dict[str, Any]:
         "last_seen_at": iso(row.last_seen_at),
         "resolved_at": iso(row.resolved_at),
         "occurrences": row.occurrences,
+        "acknowledgement": ack,
     }
 
 
