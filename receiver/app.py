@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from receiver import api
+from receiver import api, console, live
 from receiver.callbacks import ReceiverApp, callback_endpoint
 from receiver.config import EndpointSettings, Settings
 from receiver.crosscheck import Policy
@@ -44,6 +48,9 @@ class Runtime:
     metrics: Metrics
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
     crosschecker: CrossChecker | None = None
+    # Set when the server is told to stop: long-lived answers (the event stream) end then,
+    # instead of holding the shutdown until their clients leave.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def store_problem(self) -> str | None:
         """None when the store answers; otherwise what is wrong with it."""
@@ -109,6 +116,35 @@ async def _every(interval: float, checker: CrossChecker) -> None:
             )
 
 
+def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Also call ``callback`` (on the event loop) when SIGTERM or SIGINT arrives, before the
+    handler already in place (uvicorn's, which then waits for open requests to finish). Returns
+    what puts the previous handlers back. Nothing happens off the main thread (TestClient)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.default_int_handler(signum, frame) if signum == signal.SIGINT else sys.exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, before)
+
+    return restore
+
+
 def create_app(settings: Settings) -> ReceiverApp:
     """The receiver as an ASGI app. The schema must already be migrated (``receiver.migrate``)."""
 
@@ -134,6 +170,7 @@ def create_app(settings: Settings) -> ReceiverApp:
             endpoints={endpoint.name: endpoint for endpoint in settings.endpoints},
         )
         runtime = app.state.runtime
+        restore = _on_stop_signal(runtime.closing.set)
         source = None
         if settings.metastudio is not None:
             runtime.crosschecker, source = build_crosschecker(settings, reader)
@@ -148,6 +185,8 @@ def create_app(settings: Settings) -> ReceiverApp:
         try:
             yield
         finally:
+            runtime.closing.set()
+            restore()
             if periodic is not None:
                 periodic.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -161,7 +200,13 @@ def create_app(settings: Settings) -> ReceiverApp:
     app = ReceiverApp(
         # POST /callbacks/{name} is answered by ReceiverApp before routing; the route stays for
         # a 405 on other methods, and for requests under a root_path.
-        routes=[Route("/callbacks/{name}", callback_endpoint, methods=["POST"]), *api.routes],
+        routes=[
+            Route("/callbacks/{name}", callback_endpoint, methods=["POST"]),
+            # Before /v1/events/{event_id}, which would take "stream" for an id.
+            Route("/v1/events/stream", live.stream_events, methods=["GET"]),
+            *api.routes,
+            *console.routes,
+        ],
         exception_handlers=api.exception_handlers,
         middleware=[Middleware(RequestIdMiddleware)],
         lifespan=lifespan,

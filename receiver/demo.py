@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import quote
 
 from receiver import cli_events
 from receiver.config import Settings, load_settings
@@ -227,6 +228,7 @@ def _intro(say: Say, directory: Path, fake_url: str, base_url: str, token: str, 
     say(f"  endpoint           POST {base_url}/callbacks/{ENDPOINT}, MSS_A, a random key")
     say(f"  registered URL     {REGISTERED_URL} (as if behind an HTTPS proxy)")
     say(f"  API token          {token}")
+    say(f"  web console        {base_url}/ui/ (log in with the API token)")
     say("")
 
 
@@ -411,6 +413,7 @@ def _look_further(
 ) -> None:
     when = "now" if not once else "while `metastudio-receiver demo` runs (without --once)"
     say(f"7. Look further, {when}")
+    say(f"   console: {base_url}/ui/jobs/{quote(job_id)} (log in with the API token below)")
     say(f"   TOKEN={token}")
     for path in ("/v1/events", f"/v1/jobs/{job_id}", "/v1/findings", "/v1/rejections"):
         say(f'   curl -H "Authorization: Bearer $TOKEN" {base_url}{path}')

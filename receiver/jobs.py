@@ -79,7 +79,7 @@ def job_view(
         "event_counts": counts,
         "first_received_at": iso(first_last[0]),
         "last_received_at": iso(first_last[1]),
-        "rtmp": _rtmp_state(conn, key),
+        "rtmp": rtmp_state(conn, key),
         "script": _script_position(conn, key),
         "replies": _replies(conn, key),
         "timeline": timeline.items,
@@ -110,7 +110,7 @@ def _latest_of_type(conn: Connection, key: str, event_type: str, n: int) -> list
     return list(conn.execute(query).all())
 
 
-def _rtmp_state(conn: Connection, key: str) -> dict[str, Any] | None:
+def rtmp_state(conn: Connection, key: str) -> dict[str, Any] | None:
     """The last RTMP state and when the stream entered it (first event of the latest run)."""
     state: str | None = None
     since_row: Any = None
