@@ -123,7 +123,7 @@ def receiver_server(workdir: Path, database_url: str, workers: int = 1) -> Serve
         command=[
             *(sys.executable, str(BENCH / "serve_receiver.py"), "serve"),
             *("--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
-            *("--workers", str(workers)),
+            *(("--workers", str(workers)) if workers != 1 else ()),
         ],
         port=port,
         workdir=workdir,

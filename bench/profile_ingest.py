@@ -23,6 +23,7 @@ import collections
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,11 @@ def top_frames(raw: Path, count: int) -> str:
     return "\n".join(lines)
 
 
+def _py_spy() -> str:
+    """py-spy from PATH, else the one installed beside this interpreter (the venv's bin)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
@@ -113,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 assert server.proc is not None
                 pid = server.proc.pid
                 spy = [
-                    *("py-spy", "record", "--gil", "--nonblocking", "--format", "raw"),
+                    _py_spy(),
+                    *("record", "--gil", "--nonblocking", "--format", "raw"),
                     *("--rate", str(args.rate), "--duration", str(args.seconds)),
                     *("--pid", str(pid), "--output", str(raw)),
                 ]
