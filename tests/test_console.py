@@ -355,3 +355,38 @@ def test_a_stream_resumed_with_last_event_id_sees_every_event_once(
         )
         assert bad.status_code == 400, bad.text
         assert bad.json()["error_code"] == "RCV.BAD_PARAMETER"
+
+
+def test_an_acknowledged_finding_reopens_when_it_comes_back_and_a_muted_one_does_not(
+    migrated_url: str,
+) -> None:
+    """ack: handled, news again if the condition clears and returns; mute: out of the open list
+    however often it recurs (the cross-check's upsert, receiver.crosscheck_run)."""
+    from receiver import queries
+    from receiver.crosscheck import Draft
+    from receiver.crosscheck_run import _upsert_findings
+
+    drafts = [
+        Draft(kind="unknown_job", room_id=ROOM, job_id=JOB, detail="acked"),
+        Draft(kind="unknown_job", room_id=ROOM, job_id=JOB[::-1], detail="muted"),
+    ]
+    engine = create_engine_for(migrated_url)
+    try:
+        with engine.begin() as conn:
+            assert _upsert_findings(conn, drafts, datetime.now(UTC)) == 2
+            ids = {row.detail: row.id for row in conn.execute(sa.select(FINDINGS))}
+            now = datetime.now(UTC)
+            for detail, action in (("acked", "ack"), ("muted", "mute")):
+                queries.acknowledge_finding(
+                    conn, ids[detail], action=action, reason="r", by="token x", now=now
+                )
+            # Seen again while still unresolved: both stay acknowledged / muted.
+            _upsert_findings(conn, drafts, datetime.now(UTC))
+            conn.execute(sa.update(FINDINGS).values(resolved_at=datetime.now(UTC)))  # cleared
+            assert _upsert_findings(conn, drafts, datetime.now(UTC)) == 2  # and back
+            statuses = {
+                f["detail"]: f["status"] for f in queries.list_findings(conn, status="all").items
+            }
+    finally:
+        engine.dispose()
+    assert statuses == {"acked": "open", "muted": "muted"}

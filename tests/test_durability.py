@@ -31,7 +31,7 @@ from conftest import ServerProcess, signed_path, stored_bodies
 from receiver.store import DELIVERIES, create_engine_for
 from receiver.testing import encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # load and kill -9, timed
 
 WORKERS = 16
 CYCLES = 10
@@ -231,7 +231,7 @@ def test_kill_9_of_two_workers_during_load_loses_nothing_acknowledged(
     kill_delays = random.Random(f"{SEED}-postgres-workers")
     totals = Totals("postgres, 2 workers")
     try:
-        _kill_cycles(pg_url, server_factory, kill_delays, totals, workers=2)
+        _kill_cycles(pg_url, server_factory, kill_delays, totals, cycles=CYCLES // 2, workers=2)
     finally:
         print(totals.line())
 
@@ -241,13 +241,14 @@ def _kill_cycles(
     server_factory: Callable[..., ServerProcess],
     kill_delays: random.Random,
     totals: Totals,
+    cycles: int = CYCLES,
     **top: object,
 ) -> None:
     server = server_factory(db_url, **top)
     acked: dict[Delivery, int] = {}  # every delivery answered 200 -> the delivery id it was given
     duplicate_acks: Counter[int] = Counter()
     all_unacked: set[Delivery] = set()
-    for cycle in range(1, CYCLES + 1):
+    for cycle in range(1, cycles + 1):
         kill_delay = kill_delays.uniform(*KILL_DELAY)
         tally = load_until_killed(server, cycle, kill_delay)
         statuses = Counter(a.status for a in tally.answers)

@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from receiver.testing import encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # stops the shared PostgreSQL
 
 STORE_TIMEOUT = 3.0  # store_timeout_seconds of every server here
 SLACK = 4.0  # on top of STORE_TIMEOUT for any answer: a busy machine, 2 cores

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from receiver.testing import encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # stops the shared PostgreSQL
 
 STORE_TIMEOUT = 3.0  # store_timeout_seconds of every server here: a 503 comes within this
 API_TOKEN = "outage-token"

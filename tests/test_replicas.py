@@ -42,7 +42,7 @@ from receiver.models import Finding
 from receiver.store import DELIVERIES, EVENTS, create_engine_for
 from receiver.testing import FakeMetaStudioServer, encode, fake_job
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.exclusive]  # timed races
 
 FINDINGS = Finding.__table__  # type: ignore[attr-defined]
 AUTH = {"Authorization": "Bearer test-token"}
