@@ -82,21 +82,19 @@ def identify(request: Request, tokens: tuple[str, ...]) -> Caller:
 
 
 async def read_store(rt: Runtime, work: Callable[[Any], T]) -> T:
-    def run() -> T:
-        try:
-            with rt.reader.connect() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            problem = type(exc.orig).__name__
-            raise StoreUnavailable(f"the store did not answer: {problem}") from exc
-
-    return await asyncio.to_thread(run)
+    """``work(conn)`` on a thread; a store that does not answer is StoreUnavailable (503)."""
+    return await _on_store(rt, work, commit=False)
 
 
 async def write_store(rt: Runtime, work: Callable[[Any], T]) -> T:
+    """The same in a transaction, committed when ``work`` returns."""
+    return await _on_store(rt, work, commit=True)
+
+
+async def _on_store(rt: Runtime, work: Callable[[Any], T], *, commit: bool) -> T:
     def run() -> T:
         try:
-            with rt.reader.begin() as conn:
+            with rt.reader.begin() if commit else rt.reader.connect() as conn:
                 return work(conn)
         except DBAPIError as exc:
             problem = type(exc.orig).__name__
