@@ -11,6 +11,7 @@ a Content Security Policy that runs no inline script and loads nothing from else
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
@@ -125,7 +126,8 @@ async def logout(request: Request) -> Response:
     body = await read_body(request, LOGIN_BODY_LIMIT)
     form = parse_qs(body.decode("utf-8", errors="replace"))
     given = (form.get("csrf") or [""])[0]
-    if caller is not None and given != csrf_token(caller.token, caller.session or ""):
+    expected = "" if caller is None else csrf_token(caller.token, caller.session or "")
+    if caller is not None and not hmac.compare_digest(given.encode(), expected.encode()):
         return Response("refused: no CSRF token", status_code=403, headers=SECURITY_HEADERS)
     answer = RedirectResponse("/ui/login", status_code=303)
     answer.headers.append("set-cookie", cookie_header("", max_age=0))

@@ -390,3 +390,15 @@ def test_an_acknowledged_finding_reopens_when_it_comes_back_and_a_muted_one_does
     finally:
         engine.dispose()
     assert statuses == {"acked": "open", "muted": "muted"}
+
+
+def test_logout_needs_the_page_csrf_token_and_clears_the_cookie(console: TestClient) -> None:
+    log_in(console)
+    csrf = csrf_of(console.get("/ui/").text)
+    forged = console.post("/ui/logout", data={"csrf": "0" * 64}, follow_redirects=False)
+    assert forged.status_code == 403
+    assert console.get("/ui/", follow_redirects=False).status_code == 200  # still logged in
+    done = console.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
+    assert "Max-Age=0" in done.headers["set-cookie"]
+    assert console.get("/ui/", follow_redirects=False).status_code == 303
