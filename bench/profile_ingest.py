@@ -13,7 +13,8 @@ not waiting) while wrk sends the same distinct, signed callbacks for ``--seconds
 frames with the most samples by themselves ("self") and with what they call ("total"), and the
 server's CPU time per request over the sampled run, split by thread. ``--source`` puts another
 checkout of the project first on ``PYTHONPATH``, so a before/after comparison runs on the same
-machine with the same load.
+machine with the same load. ``--stub instant`` or ``--stub sleep:0.002`` replaces the store's
+write (``bench/serve_stub_store.py``) to see what the rest of the path costs without it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--source", type=Path, help="a checkout to profile instead of this one")
+    parser.add_argument(
+        "--stub",
+        metavar="instant|sleep:S",
+        help="replace the store's write (bench/serve_stub_store.py): instant answers at once;"
+        " sleep:S makes each batch wait S seconds and write nothing. Rows are then not stored.",
+    )
     return parser.parse_args(argv)
 
 
@@ -107,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         script.write_text(lua_script())
         with database(args.store, workdir, args.pg_url, tag="profile") as url:
             server = receiver_server(workdir, url)
+            if args.stub:
+                server.command[1] = str(Path(__file__).with_name("serve_stub_store.py"))
+                server.env["BENCH_STUB_STORE"] = args.stub
             if args.source is not None:
                 path = [str(args.source.resolve()), os.environ.get("PYTHONPATH", "")]
                 server.env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
