@@ -31,8 +31,8 @@ from receiver.sessions import (
     COOKIE,
     CSRF_HEADER,
     Caller,
-    check_session,
     match_token,
+    session_caller,
     token_id,
 )
 
@@ -69,10 +69,9 @@ def identify(request: Request, tokens: tuple[str, ...]) -> Caller:
         return Caller(token_id=token_id(matched), via="bearer", token=matched)
     session = request.cookies.get(COOKIE)
     if session:
-        matched = check_session(session, tokens)
-        if matched is None:
+        caller = session_caller(session, tokens)
+        if caller is None:
             raise ApiUnauthorized("the console session has expired or is not valid; log in again")
-        caller = Caller(token_id=token_id(matched), via="cookie", session=session, token=matched)
         if request.method not in ("GET", "HEAD"):
             given = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(given.encode(), caller.csrf().encode()):

@@ -55,16 +55,28 @@ def check_session(value: str, tokens: Sequence[str], now: float | None = None) -
     """The token a session cookie was made from, if the cookie is genuine and not expired."""
     tid, _, rest = value.partition(".")
     expiry, _, mac = rest.partition(".")
-    if not (expiry.isascii() and expiry.isdigit()) or len(mac) != 64:
+    # At most 12 digits: int() of thousands of digits raises, and a cookie is the client's.
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) <= 12) or len(mac) != 64:
         return None
     if int(expiry) < (time.time() if now is None else now):
         return None
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a
+    # 500), and a cookie holds whatever the client put there.
+    given_tid, given_mac = tid.encode("utf-8", "replace"), mac.encode("utf-8", "replace")
     for token in tokens:
-        if hmac.compare_digest(token_id(token), tid):
+        if hmac.compare_digest(token_id(token).encode(), given_tid):
             expected = _mac(token, f"session:{tid}:{expiry}")
-            if hmac.compare_digest(expected, mac):
+            if hmac.compare_digest(expected.encode(), given_mac):
                 return token
     return None
+
+
+def session_caller(value: str, tokens: Sequence[str]) -> Caller | None:
+    """Who a session cookie speaks for, if it is genuine and not expired."""
+    token = check_session(value, tokens)
+    if token is None:
+        return None
+    return Caller(token_id=token_id(token), via="cookie", session=value, token=token)
 
 
 def csrf_token(token: str, session: str) -> str:

@@ -402,3 +402,22 @@ def test_logout_needs_the_page_csrf_token_and_clears_the_cookie(console: TestCli
     assert done.status_code == 303
     assert "Max-Age=0" in done.headers["set-cookie"]
     assert console.get("/ui/", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        pytest.param("abc." + "9" * 5000 + "." + "0" * 64, id="expiry of 5000 digits"),
+        pytest.param("é" * 12 + ".99999999999." + "0" * 64, id="non-ASCII token id"),
+        pytest.param("abcdef123456.99999999999." + "é" * 64, id="non-ASCII mac"),
+        pytest.param("...", id="dots"),
+    ],
+)
+def test_whatever_cookie_a_client_sends_is_refused_not_a_500(
+    console: TestClient, cookie: str
+) -> None:
+    raw = {b"cookie": f"{COOKIE}={cookie}".encode("latin-1")}  # bytes as a client may send them
+    assert console.get("/ui/", headers=raw, follow_redirects=False).status_code == 303
+    answer = console.get("/v1/events", headers=raw)
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error_code"] == "RCV.API_UNAUTHORIZED"
