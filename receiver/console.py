@@ -22,18 +22,17 @@ from starlette.routing import Route
 from receiver import console_data
 from receiver.api_v1 import read_store
 from receiver.bodies import read_body
-from receiver.console_pages import ENVIRONMENT, SCRIPT, STYLE
+from receiver.console_pages import asset, environment
 from receiver.errors import QueryError
 from receiver.sessions import (
     COOKIE,
     SESSION_SECONDS,
     Caller,
-    check_session,
     cookie_header,
     csrf_token,
     make_session,
     match_token,
-    token_id,
+    session_caller,
 )
 
 if TYPE_CHECKING:
@@ -61,18 +60,13 @@ def _runtime(request: Request) -> Runtime:
 
 def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
     values.setdefault("csrf", None)
-    html = ENVIRONMENT.get_template(template).render(**values)
+    html = environment().get_template(template).render(**values)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
 def _session(request: Request) -> Caller | None:
     value = request.cookies.get(COOKIE)
-    if not value:
-        return None
-    token = check_session(value, _runtime(request).settings.api_tokens)
-    if token is None:
-        return None
-    return Caller(token_id=token_id(token), via="cookie", session=value, token=token)
+    return session_caller(value, _runtime(request).settings.api_tokens) if value else None
 
 
 def _to_login(request: Request) -> Response:
@@ -181,11 +175,11 @@ async def root(request: Request) -> Response:
 
 
 async def script(request: Request) -> Response:
-    return Response(SCRIPT, media_type="text/javascript", headers=_ASSET_HEADERS)
+    return Response(asset("console.js"), media_type="text/javascript", headers=_ASSET_HEADERS)
 
 
 async def style(request: Request) -> Response:
-    return Response(STYLE, media_type="text/css", headers=_ASSET_HEADERS)
+    return Response(asset("console.css"), media_type="text/css", headers=_ASSET_HEADERS)
 
 
 routes = [
