@@ -19,7 +19,6 @@ from receiver import api_v1
 from receiver.errors import (
     ReceiverError,
     StoreUnavailable,
-    UndecodableStored,
 )
 from receiver.metrics import CONTENT_TYPE
 from receiver.observability import request_id
@@ -70,21 +69,10 @@ async def openapi(request: Request) -> Response:
 
 async def on_receiver_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ReceiverError)
-    status = status_for(exc)
-    endpoint = request.path_params.get("name")
+    # Callbacks are answered by receiver.callbacks, which logs and shapes their refusals itself.
     if isinstance(exc, StoreUnavailable):
         log.warning("503 for %s: %s", request.url.path, exc.message)
-    elif endpoint is not None:
-        log.info("refused callback for %r: %s %s", endpoint[:64], exc.code, exc.message)
-    if isinstance(exc, UndecodableStored):
-        return error_answer(
-            status,
-            exc.code,
-            exc.message,
-            result="duplicate" if exc.duplicate else "stored",
-            delivery_id=exc.delivery_id,
-        )
-    return error_answer(status, exc.code, exc.message)
+    return error_answer(status_for(exc), exc.code, exc.message)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

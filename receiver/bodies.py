@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Receive, Scope
 
 from receiver.errors import BodyTooLarge, ClientGone
@@ -65,17 +65,5 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int, declared: i
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = declared_length(request)
-    if declared is not None and declared > limit:
-        raise _too_large(limit, declared)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise _gone(request.scope) from None
-    return b"".join(chunks)
+    """The body of a routed request, read as :func:`read_asgi_body` reads a callback's."""
+    return await read_asgi_body(request.scope, request.receive, limit, declared_length(request))

@@ -14,7 +14,6 @@ path (``GET /callbacks/x`` is a 405, ``/callbacks/x/`` a 404) goes through Starl
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from receiver.errors import (
     UnknownEndpoint,
 )
 from receiver.intake import receive as receive_delivery
-from receiver.observability import plain_request_id, request_id
+from receiver.observability import request_id, request_id_for
 from receiver.responses import RETRY_AFTER_SECONDS, error_body, status_for
 
 if TYPE_CHECKING:
@@ -84,20 +83,11 @@ async def handle_callback(
 ) -> None:
     started = time.perf_counter()
     now = time.time()
-    raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-    given = None
-    length = None
-    for header, value in raw_headers:
-        if header == b"x-request-id" and given is None:
-            given = plain_request_id(value.decode("latin-1"))
-        elif header == b"content-length" and length is None:
-            length = value.decode("latin-1")
-    rid = given or os.urandom(12).hex()
+    headers = Headers(raw=scope["headers"])
+    rid = request_id_for(scope["headers"])
     token = request_id.set(rid)
     try:
-        status, body, extra = await _callback(
-            rt, scope, receive, name, now, started, Headers(raw=raw_headers), length
-        )
+        status, body, extra = await _callback(rt, scope, receive, name, now, started, headers)
     except Exception:
         log.exception("unexpected error on POST %s", scope["path"])
         status, body, extra = (
@@ -107,10 +97,10 @@ async def handle_callback(
         )
     finally:
         request_id.reset(token)
-    headers = [_JSON, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid.encode())]
+    answer = [_JSON, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid.encode())]
     if extra is not None:
-        headers.append(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        answer.append(extra)
+    await send({"type": "http.response.start", "status": status, "headers": answer})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -122,13 +112,13 @@ async def _callback(
     now: float,
     started: float,
     headers: Headers,
-    length: str | None,
 ) -> tuple[int, bytes, tuple[bytes, bytes] | None]:
     """(status, body, one more header or None) for one callback."""
     client = scope.get("client")
     remote = client[0] if client else None
     metrics = rt.metrics
     body = b""
+    length = headers.get("content-length")
     declared = None if length is None else parse_length(length)
     try:
         endpoint = rt.endpoints.get(name)

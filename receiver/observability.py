@@ -22,9 +22,16 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 _PLAIN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def plain_request_id(text: str) -> str | None:
-    """The caller's X-Request-Id, if it is short and plain enough to echo and log."""
-    return text if _PLAIN.match(text) else None
+def request_id_for(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-Id when it is short and plain enough to echo and log, else a new
+    one. ``headers``: the ASGI scope's raw list (the first X-Request-Id counts)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _PLAIN.match(text):
+                return text
+            break
+    return os.urandom(12).hex()
 
 
 class RequestIdMiddleware:
@@ -35,12 +42,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given = plain_request_id(value.decode("latin-1"))
-                break
-        rid = given or os.urandom(12).hex()
+        rid = request_id_for(scope["headers"])
         # Also in the scope: a 500 is answered outside this middleware (by Starlette's
         # ServerErrorMiddleware), after this context is gone; see api.on_unexpected.
         scope["request_id"] = rid
