@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -35,10 +36,12 @@ from starlette.responses import Response, StreamingResponse
 
 from receiver import queries
 from receiver.api_v1 import authorize, known_params, read_store
-from receiver.errors import QueryError
+from receiver.errors import QueryError, StoreUnavailable
 
 if TYPE_CHECKING:
     from receiver.app import Runtime
+
+log = logging.getLogger("receiver.live")
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
@@ -86,15 +89,21 @@ async def _messages(
     yield f"retry: {RETRY_MS}\n\n".encode()
     started = last_sent = time.monotonic()
     closing = rt.closing
+    failing = False
     while not closing.is_set() and time.monotonic() - started < MAX_STREAM_SECONDS:
         read = functools.partial(
             queries.events_after, after=after, room_id=room_id, job_id=job_id, limit=BATCH
         )
         try:
             events = await read_store(rt, read)
-        except Exception:  # the store is away: say so, and try again (the client keeps its id)
+        except StoreUnavailable as exc:  # say so, and try again (the client keeps its id)
+            if not failing:
+                log.warning("event stream: %s; retrying", exc.message)
+            failing = True
             events = []
             yield b": store unavailable, retrying\n\n"
+        else:
+            failing = False
         for event in events:
             after = event["id"]
             yield _message(event)
