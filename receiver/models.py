@@ -14,6 +14,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+# Named here too: queries and tests import it with the tables.
+from receiver.statuses import DeliveryStatus as DeliveryStatus
+
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """A timestamp that is always UTC-aware in Python (SQLite keeps no zone of its own)."""
@@ -42,13 +45,6 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # JSONB on PostgreSQL (indexable, compact); JSON text on SQLite.
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-class DeliveryStatus:
-    STORED = "stored"
-    UNDECODABLE = "undecodable"
-    DUPLICATE = "duplicate"
-    ALL = (STORED, UNDECODABLE, DUPLICATE)
 
 
 class Delivery(SQLModel, table=True):

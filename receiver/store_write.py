@@ -25,7 +25,7 @@ import orjson
 from receiver.errors import StoreUnavailable
 from receiver.events import Event as DecodedEvent
 from receiver.ids import id_key
-from receiver.models import DeliveryStatus
+from receiver.statuses import DeliveryStatus
 
 
 @dataclass(frozen=True, slots=True)
