@@ -29,7 +29,7 @@ from receiver.errors import NotConfigured, StoreUnavailable
 from receiver.metrics import Metrics
 from receiver.observability import RequestIdMiddleware
 from receiver.rejections import RejectionLog
-from receiver.store import GroupCommitWriter, Store, create_engine_for
+from receiver.store import GroupCommitWriter, create_engine_for, open_writer
 
 if TYPE_CHECKING:
     from receiver.metastudio import MetaStudioJobs
@@ -151,9 +151,9 @@ def create_app(settings: Settings) -> ReceiverApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics = Metrics()
-        store = Store(settings.database_url)
-        writer = GroupCommitWriter(
-            store,
+        writer = open_writer(
+            settings.database_url,
+            writer=settings.store_writer,
             max_batch=settings.store_batch_max,
             max_pending=settings.store_max_pending,
             timeout=settings.store_timeout_seconds,

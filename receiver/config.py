@@ -94,6 +94,9 @@ class MetaStudioSettings:
     token: str | None = field(default=None, repr=False)
 
 
+STORE_WRITERS = ("process", "thread")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -110,6 +113,9 @@ class Settings:
     store_timeout_seconds: float = 10.0
     # Deliveries waiting for the writer beyond this are refused with 503 at once.
     store_max_pending: int = 20000
+    # Where the store's writer runs: "process" (a child process, so the database driver never
+    # waits for the event loop's interpreter lock: receiver.store_process) or "thread".
+    store_writer: str = "process"
     # A request's line and headers must arrive within this many seconds, and then its body
     # within as many again; a client slower than that is answered 408 and cut off, so a
     # byte-a-second sender cannot hold a connection.
@@ -136,6 +142,7 @@ _TOP_KEYS = {
     "store_batch_max",
     "store_timeout_seconds",
     "store_max_pending",
+    "store_writer",
     "client_timeout_seconds",
     "workers",
 }
@@ -209,6 +216,9 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
     log_level = _opt_str(data, "log_level", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
+    store_writer = _opt_str(data, "store_writer", "process")
+    if store_writer not in STORE_WRITERS:
+        raise ConfigError(f"store_writer: must be 'process' or 'thread', not {store_writer!r}")
     return Settings(
         database_url=database_url,
         api_tokens=api_tokens,
@@ -220,6 +230,7 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
         store_batch_max=_int(data, "store_batch_max", 512, low=1, high=5000),
         store_timeout_seconds=_number(data, "store_timeout_seconds", 10.0, low=0.1, high=600),
         store_max_pending=_int(data, "store_max_pending", 20000, low=1, high=1_000_000),
+        store_writer=store_writer,
         client_timeout_seconds=_number(data, "client_timeout_seconds", 10.0, low=0.5, high=300),
         workers=_int(data, "workers", 1, low=1, high=64),
     )

@@ -22,34 +22,42 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import orjson
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from receiver.errors import StoreUnavailable
 from receiver.models import Delivery, Event
+from receiver.store_driver import (
+    PG_CONNECT_ARGS,
+    RowRefused,
+    Store,
+    _sqlite_pragmas,
+    _sqlite_uri,
+)
+from receiver.store_process import ChildStore
 from receiver.store_write import (
     IncomingDelivery,
     Rows,
     WriteOutcome,
     dedup_key_for,
-    prepare,
-    write_postgres,
-    write_sqlite,
 )
 
 __all__ = [
     "DELIVERIES",
     "EVENTS",
+    "PG_CONNECT_ARGS",
+    "ChildStore",
     "GroupCommitWriter",
     "IncomingDelivery",
+    "ProcessCommitWriter",
+    "RowRefused",
     "Store",
     "WriteOutcome",
     "create_engine_for",
     "dedup_key_for",
+    "open_writer",
     "sqlite_path",
 ]
 
@@ -58,16 +66,6 @@ log = logging.getLogger("receiver.store")
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 T = TypeVar("T")
-PG_CONNECT_ARGS: dict[str, Any] = {
-    "connect_timeout": 5,
-    "options": "-c statement_timeout=30000",
-    # A dead link (no RST) must not hang the writer for the kernel's TCP timeout.
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 15000,
-}
 
 
 def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
@@ -122,201 +120,24 @@ def sqlite_path(url: str | URL) -> str | None:
     return os.path.abspath(database)
 
 
-def _sqlite_uri(path: str) -> str:
-    """An existing database, opened read-write, never created (``?``, ``#``, ``%`` escaped)."""
-    return f"file:{quote(path)}?mode=rw"
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers work beside the writer; synchronous=FULL fsyncs the WAL at every commit,
-    # so an acknowledged delivery survives a power loss, not only a process crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-class Store:
-    """Owns the writer's own driver connection (sqlite3 or psycopg); ``write_batch`` and ``ping``
-    run on one dedicated thread only. Reads go through SQLAlchemy engines elsewhere."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        parsed = make_url(url)
-        self.dialect = parsed.get_backend_name()
-        self._sqlite_path = sqlite_path(parsed)
-        if self.dialect == "sqlite" and self._sqlite_path is None:
-            raise StoreUnavailable("an in-memory SQLite database cannot be shared; use a file")
-        self._conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._conn: Any = None
-        self._checkpoint_conn: sqlite3.Connection | None = None
-        self._inode: tuple[int, int] | None = None
-
-    def close(self) -> None:
-        self._drop_connection()
-        if self._checkpoint_conn is not None:
-            self._checkpoint_conn.close()
-            self._checkpoint_conn = None
-
-    def _connect(self) -> Any:
-        if self._sqlite_path is not None:
-            # mode=rw: never create a fresh empty file where the database vanished. Autocommit
-            # mode (isolation_level=None): this class issues BEGIN IMMEDIATE / COMMIT itself.
-            conn = sqlite3.connect(
-                _sqlite_uri(self._sqlite_path),
-                uri=True,
-                check_same_thread=False,
-                timeout=30,
-                isolation_level=None,
-            )
-            _sqlite_pragmas(conn, None)
-            # Checkpoints run on their own thread (checkpoint()), not inside a commit that
-            # deliveries wait for; this high mark is only a backstop if that thread falls behind.
-            conn.execute("PRAGMA wal_autocheckpoint=10000")
-            return conn
-        return psycopg.connect(self._conninfo, autocommit=False, **PG_CONNECT_ARGS)
-
-    def checkpoint(self) -> None:
-        """SQLite: copy the WAL back into the database without blocking the writer (PASSIVE).
-        Runs on a thread of its own, with a connection of its own."""
-        if self._sqlite_path is None:
-            return
-        try:
-            if self._checkpoint_conn is None:
-                self._checkpoint_conn = sqlite3.connect(
-                    _sqlite_uri(self._sqlite_path),
-                    uri=True,
-                    check_same_thread=False,
-                    timeout=1,
-                    isolation_level=None,
-                )
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            log.debug("checkpoint skipped: %s", exc)
-            if self._checkpoint_conn is not None:
-                self._checkpoint_conn.close()
-            self._checkpoint_conn = None
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # the connection is being thrown away
-                log.debug("closing a broken writer connection failed", exc_info=True)
-        self._conn = None
-        self._inode = None
-
-    def _file_identity(self) -> tuple[int, int]:
-        assert self._sqlite_path is not None
-        try:
-            st = os.stat(self._sqlite_path)
-        except FileNotFoundError:
-            raise StoreUnavailable(f"database file {self._sqlite_path} has vanished") from None
-        except OSError as exc:
-            raise StoreUnavailable(f"database file {self._sqlite_path}: {exc.strerror}") from None
-        if not st.st_mode & 0o222:
-            raise StoreUnavailable(f"database file {self._sqlite_path} is read-only")
-        # access() also sees what the mode bits do not: an immutable file (chattr +i, even for
-        # root) or a read-only mount. Without it a SELECT-only ping passes while writes fail.
-        for path in (self._sqlite_path, self._sqlite_path + "-wal"):
-            if not os.access(path, os.W_OK) and os.path.exists(path):
-                raise StoreUnavailable(f"database file {path} is not writable")
-        return (st.st_dev, st.st_ino)
-
-    def _connection(self) -> Any:
-        if self._sqlite_path is not None:
-            identity = self._file_identity()
-            if self._conn is not None and identity != self._inode:
-                # The file was replaced (restored from a backup, moved): write to the new one.
-                self._drop_connection()
-            self._inode = identity
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
-    def _in_transaction(self, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction. Connection-level failures become
-        StoreUnavailable (and a fresh connection next time); a refused row raises RowRefused."""
-        try:
-            conn = self._connection()
-            sqlite = self._sqlite_path is not None
-            try:
-                if sqlite:
-                    conn.execute("BEGIN IMMEDIATE")
-                cur = conn.cursor()
-                result = work(cur)
-                if sqlite:
-                    conn.execute("COMMIT")
-                else:
-                    conn.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK") if sqlite else conn.rollback()
-                raise
-            if sqlite and self._file_identity() != self._inode:
-                # Committed into a file that is no longer the database: not durable.
-                raise StoreUnavailable(f"database file {self._sqlite_path} changed during commit")
-            return result
-        except StoreUnavailable:
-            self._drop_connection()
-            raise
-        except _REFUSED as exc:
-            raise RowRefused(_brief(exc)) from exc
-        except (sqlite3.Error, psycopg.Error) as exc:
-            self._drop_connection()
-            raise StoreUnavailable(_brief(exc)) from exc
-
-    def ping(self) -> None:
-        self._in_transaction(lambda cur: cur.execute("SELECT 1"))
-
-    def prepare(self, item: IncomingDelivery) -> Rows:
-        """The rows of one delivery for this store's driver (receiver.store_write.prepare)."""
-        return prepare(item, sqlite=self._sqlite_path is not None)
-
-    def write_batch(
-        self, items: Sequence[IncomingDelivery], rows: Sequence[Rows] | None = None
-    ) -> list[WriteOutcome | StoreUnavailable]:
-        """Store ``items`` in one transaction; outcomes in the same order.
-
-        Raises StoreUnavailable when the store cannot be reached. If the store refuses the batch
-        for another reason (which should not happen; input is validated before it gets here),
-        each item is retried alone so that one bad row cannot take its neighbours down with it:
-        an item the store refuses on its own gets a StoreUnavailable in place of its outcome.
-        """
-        write = write_sqlite if self._sqlite_path is not None else write_postgres
-        try:
-            return list(self._in_transaction(lambda cur: write(cur, items, rows)))
-        except RowRefused as exc:
-            if len(items) == 1:
-                log.error("store refused a delivery: %s", exc.message)
-                return [StoreUnavailable("the store refused this delivery")]
-            log.warning("batch of %d refused (%s); retrying one by one", len(items), exc.message)
-        outcomes: list[WriteOutcome | StoreUnavailable] = []
-        for index, item in enumerate(items):
-            outcomes.extend(self.write_batch([item], None if rows is None else [rows[index]]))
-        return outcomes
-
-
-class RowRefused(StoreUnavailable):
-    """The store refused a row (a constraint, a value it cannot hold), not the connection."""
-
-
-# Errors about the data, not the connection: retried item by item (see Store.write_batch).
-_REFUSED = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.InterfaceError,
-    psycopg.IntegrityError,
-    psycopg.DataError,
-    psycopg.ProgrammingError,
-)
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+def open_writer(
+    url: str,
+    *,
+    writer: str = "process",
+    max_batch: int = 512,
+    max_pending: int = 20000,
+    timeout: float = 10.0,
+) -> GroupCommitWriter:
+    """The group-commit writer for the store at ``url``: with ``writer`` "process" the driver
+    runs in a child process (receiver.store_process), with "thread" on a thread here."""
+    store = Store(url)  # refuses what cannot work (an in-memory SQLite) either way
+    if writer == "thread":
+        return GroupCommitWriter(
+            store, max_batch=max_batch, max_pending=max_pending, timeout=timeout
+        )
+    return ProcessCommitWriter(
+        ChildStore(url, store.target), max_batch=max_batch, max_pending=max_pending, timeout=timeout
+    )
 
 
 # (delivery, its rows, its answer, the loop time by which it must be committed)
@@ -337,7 +158,12 @@ class GroupCommitWriter:
     """
 
     def __init__(
-        self, store: Store, *, max_batch: int = 512, max_pending: int = 20000, timeout: float = 10.0
+        self,
+        store: Store,
+        *,
+        max_batch: int = 512,
+        max_pending: int = 20000,
+        timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -375,6 +201,9 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
             await self._stopped
             self._thread.join()
+        await self._stop_watchdog()
+
+    async def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -398,6 +227,9 @@ class GroupCommitWriter:
         self._queue.put((work, future))
         return future
 
+    def _enqueue(self, entry: Entry) -> None:
+        self._queue.put(entry)
+
     async def write(self, item: IncomingDelivery) -> WriteOutcome:
         if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
@@ -408,7 +240,7 @@ class GroupCommitWriter:
         entry = (item, self.store.prepare(item), future, loop.time() + self.timeout)
         self._unanswered += 1
         self._waiting.append(entry)
-        self._queue.put(entry)
+        self._enqueue(entry)
         try:
             return await future
         finally:
@@ -417,6 +249,12 @@ class GroupCommitWriter:
     # --- on the writer thread ---------------------------------------------------------------
 
     def _thread_main(self) -> None:
+        try:
+            # On this thread: a StoreProcess child is tied to the thread that started it.
+            self.store.start()
+        except StoreUnavailable as exc:  # the first write tries again, and answers 503 if not
+            log.error("store unavailable at start: %s", exc.message)
+            self.last_error = exc.message
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -544,3 +382,102 @@ def _resolve(future: asyncio.Future[Any] | None, result: Any) -> None:
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+# A request to the child other than a batch: its message, and where the answer goes.
+_Request = tuple[tuple[str, ...], "asyncio.Future[Any]"]
+
+
+class ProcessCommitWriter(GroupCommitWriter):
+    """Group commit with the store in a child process (receiver.store_process), driven from
+    the event loop itself: one task sends whatever is queued (up to ``max_batch``) as one batch,
+    awaits the child's answer, hands out the outcomes and at once sends the next batch, which
+    filled up meanwhile. No thread, so no lock is handed back and forth per batch; while the
+    child commits, the loop answers requests. Deadlines, 503s and metrics are the thread
+    writer's (GroupCommitWriter)."""
+
+    def __init__(self, store: ChildStore, **options: Any) -> None:
+        """``options``: GroupCommitWriter's (max_batch, max_pending, timeout)."""
+        super().__init__(store, **options)  # type: ignore[arg-type]
+        self.child = store
+        self._pending: collections.deque[Entry | _Request | object] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._pump_task = asyncio.create_task(self._pump(), name="store-writer")
+        self._watchdog = asyncio.create_task(self._watch(), name="group-commit-watchdog")
+
+    async def stop(self) -> None:
+        """Commit what is queued, close the child, then stop."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._pump_task is not None:
+            self._push(_STOP)
+            await self._pump_task
+        await self._stop_watchdog()
+
+    async def ping(self) -> None:
+        if self._closing or self._loop is None:
+            raise StoreUnavailable("the receiver is shutting down")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._push((("ping",), future))
+        try:
+            await asyncio.wait_for(future, timeout=self.timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the store did not answer within {self.timeout:g} seconds"
+            ) from None
+
+    def _push(self, work: Entry | _Request | object) -> None:
+        self._pending.append(work)
+        assert self._wake is not None
+        self._wake.set()
+
+    def _enqueue(self, entry: Entry) -> None:
+        self._push(entry)
+
+    async def _pump(self) -> None:
+        assert self._wake is not None
+        pending, wake, child = self._pending, self._wake, self.child
+        try:
+            await child.start()
+        except StoreUnavailable as exc:  # the first write tries again, and answers 503 if not
+            log.error("store unavailable at start: %s", exc.message)
+            self.last_error = exc.message
+        while True:
+            if not pending:
+                wake.clear()
+                await wake.wait()
+                continue
+            first = pending.popleft()
+            if first is _STOP:
+                break
+            if _is_call(first):
+                await self._request(first)  # type: ignore[arg-type]
+                continue
+            batch: list[Entry] = [first]  # type: ignore[list-item]
+            while pending and len(batch) < self.max_batch and len(pending[0]) == 4:  # type: ignore[arg-type]
+                batch.append(pending.popleft())  # type: ignore[arg-type]
+            outcomes: list[WriteOutcome | StoreUnavailable] | StoreUnavailable
+            try:
+                outcomes = await child.write_batch([entry[1] for entry in batch])
+            except StoreUnavailable as exc:
+                outcomes = exc
+            except Exception as exc:  # never let the writer die
+                log.exception("unexpected error while writing a batch")
+                outcomes = StoreUnavailable(f"store error: {type(exc).__name__}")
+            self._answer(batch, outcomes)
+        await child.close()
+
+    async def _request(self, request: _Request) -> None:
+        message, future = request
+        try:
+            result = await self.child.request(message)
+        except StoreUnavailable as exc:
+            _fail(future, exc)
+        else:
+            _resolve(future, result)

@@ -17,7 +17,8 @@ LAYERS: dict[str, int] = {
     # pure foundations
     "receiver": 0,
     "receiver.errors": 0,
-    "receiver.models": 0,
+    "receiver.statuses": 0,
+    "receiver.models": 1,
     "receiver.metrics": 0,
     "receiver.observability": 0,
     "receiver.responses": 1,
@@ -31,7 +32,10 @@ LAYERS: dict[str, int] = {
     "receiver.views": 2,
     "receiver.testing.strategies": 2,
     # data access, the MetaStudio client, pure tools
-    "receiver.store_write": 3,
+    "receiver.store_write": 2,
+    "receiver.store_driver": 3,
+    "receiver.store_process": 3,
+    "receiver.store_child": 4,
     "receiver.queries": 3,
     "receiver.metastudio": 3,
     "receiver.diagnose": 3,

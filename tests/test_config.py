@@ -371,6 +371,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     ("api_tokens_env not str", {"api_tokens_env": 3}, {}, "api_tokens_env: "),
     ("log_format", {"log_format": "xml"}, {}, "log_format: "),
     ("log_level", {"log_level": "LOUD"}, {}, "log_level: "),
+    ("store_writer", {"store_writer": "fork"}, {}, "store_writer: "),
     ("metastudio not table", {"metastudio": "x"}, AKSK, "metastudio: "),
     (
         "metastudio unknown key",

@@ -312,6 +312,9 @@ class _HangingStore:
     def __init__(self) -> None:
         self.release = threading.Event()
 
+    def start(self) -> None:
+        pass
+
     def ping(self) -> None:
         self.release.wait(10)
 

@@ -1,0 +1,261 @@
+"""The store's writer process (receiver.store_process, receiver.store_child), on SQLite and
+PostgreSQL: what it stores is what the thread writer stores, a child that dies or hangs costs a
+503 and is replaced, it never outlives the server, and it holds no secret on its command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+import sqlalchemy as sa
+from conftest import ServerProcess, endpoint_table, signed_path, stored_bodies
+from test_store import body_for, incoming
+
+from receiver.errors import StoreUnavailable
+from receiver.migrate import upgrade
+from receiver.store import (
+    DELIVERIES,
+    ChildStore,
+    ProcessCommitWriter,
+    WriteOutcome,
+    create_engine_for,
+    open_writer,
+)
+from receiver.store_driver import target_of
+from receiver.testing import encode
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return handle.read()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    if int(handle.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _writer(url: str, timeout: float = 10.0) -> ProcessCommitWriter:
+    writer = open_writer(url, writer="process", timeout=timeout)
+    assert isinstance(writer, ProcessCommitWriter)
+    return writer
+
+
+def test_batches_through_the_child_are_stored_once(db_url: str) -> None:
+    """Concurrent deliveries and their duplicates, through the child: each body stored once,
+    every copy answered with the original's ids; the rows are those the thread writer writes."""
+    upgrade(db_url)
+    bodies = [body_for(n) for n in range(120)]
+
+    async def main() -> list[WriteOutcome]:
+        writer = _writer(db_url)
+        await writer.start()
+        try:
+            # Every body twice, in one burst: batches hold originals and their copies together.
+            return list(await asyncio.gather(*(writer.write(incoming(b)) for b in bodies * 2)))
+        finally:
+            await writer.stop()
+
+    outcomes = asyncio.run(main())
+    first, second = outcomes[: len(bodies)], outcomes[len(bodies) :]
+    assert sorted(o.result for o in first + second).count("stored") == len(bodies)
+    for a, b in zip(first, second, strict=True):
+        assert a.delivery_id == b.delivery_id and a.event_id == b.event_id is not None
+    stored = stored_bodies(db_url)
+    assert sorted(stored) == sorted(bodies)
+    assert all(len(ids) == 1 for ids in stored.values())
+    engine = create_engine_for(db_url)
+    with engine.connect() as conn:
+        statuses = dict(
+            conn.execute(
+                sa.select(DELIVERIES.c.status, sa.func.count()).group_by(DELIVERIES.c.status)
+            ).all()
+        )
+    engine.dispose()
+    assert statuses == {"stored": len(bodies), "duplicate": len(bodies)}
+
+
+def test_a_killed_child_costs_a_503_and_is_started_again(sqlite_url: str) -> None:
+    upgrade(sqlite_url)
+
+    async def main() -> tuple[BaseException | None, WriteOutcome, int, int]:
+        writer = _writer(sqlite_url)
+        await writer.start()
+        try:
+            await writer.write(incoming(body_for(1)))
+            child = writer.child
+            first_pid = child.pid
+            assert first_pid is not None and _alive(first_pid)
+            os.kill(first_pid, signal.SIGKILL)
+            error = None
+            try:
+                await writer.write(incoming(body_for(2)))
+            except StoreUnavailable as exc:
+                error = exc
+            after = await writer.write(incoming(body_for(3)))
+            assert child.pid is not None and child.pid != first_pid
+            return error, after, child.starts, first_pid
+        finally:
+            await writer.stop()
+
+    error, after, starts, first_pid = asyncio.run(main())
+    assert isinstance(error, StoreUnavailable) and "writer process ended" in str(error)
+    assert after.result == "stored"
+    assert starts == 2
+    assert not _alive(first_pid)
+    assert body_for(3) in stored_bodies(sqlite_url)
+
+
+def test_a_hung_child_is_answered_503_then_replaced(sqlite_url: str) -> None:
+    """A child that stops answering (SIGSTOP): the delivery gets StoreUnavailable at the
+    writer's deadline; past the answer limit the child is killed and a new one takes over."""
+    upgrade(sqlite_url)
+
+    async def main() -> tuple[BaseException | None, float, WriteOutcome, int]:
+        writer = _writer(sqlite_url, timeout=0.5)
+        writer.child.answer_seconds = 1.5
+        await writer.start()
+        try:
+            await writer.write(incoming(body_for(1)))
+            stopped = writer.child.pid
+            assert stopped is not None
+            os.kill(stopped, signal.SIGSTOP)
+            started = time.monotonic()
+            error = None
+            try:
+                await writer.write(incoming(body_for(2)))
+            except StoreUnavailable as exc:
+                error = exc
+            waited = time.monotonic() - started
+            # As a sender would: retry until stored. Until the stuck batch is given up (1.5 s)
+            # the retries are 503s too; then a new child takes them.
+            give_up = time.monotonic() + 15
+            while True:
+                try:
+                    after = await writer.write(incoming(body_for(3)))
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < give_up, "no new child took over"
+                    await asyncio.sleep(0.2)
+            assert not _alive(stopped)
+            return error, waited, after, writer.child.starts
+        finally:
+            await writer.stop()
+
+    error, waited, after, starts = asyncio.run(main())
+    assert isinstance(error, StoreUnavailable) and "did not commit within" in str(error)
+    assert waited < 1.4
+    assert starts == 2
+    # Retries answered 503 while the child hung still wait in line and are committed by the new
+    # child: the one that got through may be answered "duplicate" of one of them. Once stored.
+    assert after.result in ("stored", "duplicate")
+    stored = stored_bodies(sqlite_url)
+    assert len(stored[body_for(3)]) == 1
+    # The batch the hung child held was never committed (it was killed): its sender, answered
+    # 503, sends it again.
+    assert body_for(2) not in stored
+
+
+def test_the_child_reads_no_secret_from_its_command_line(pg_url: str) -> None:
+    """The target (a PostgreSQL URL may hold a password) goes over the socket."""
+    url = pg_url.replace("postgres@", "postgres:s3cret-pass@", 1)
+    child = ChildStore(url, target_of(url))
+
+    async def main() -> bytes:
+        await child.start()
+        try:
+            assert child.pid is not None
+            return _cmdline(child.pid)
+        finally:
+            await child.close()
+
+    cmdline = asyncio.run(main())
+    assert b"receiver.store_child" in cmdline
+    assert b"s3cret" not in cmdline and b"postgres" not in cmdline
+
+
+def test_the_child_imports_neither_sqlalchemy_nor_psycopg_for_sqlite() -> None:
+    """What keeps the writer process small (about 20 MiB against the server's 90)."""
+    code = (
+        "import sys, receiver.store_child\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'sqlmodel',"
+        " 'psycopg', 'starlette'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_target_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """A SQLite file that is not there: the child says why, the write is a 503."""
+    url = f"sqlite:///{tmp_path}/missing.db"
+
+    async def main() -> BaseException | None:
+        writer = _writer(url, timeout=2)
+        await writer.start()
+        try:
+            await writer.write(incoming(body_for(1)))
+        except StoreUnavailable as exc:
+            return exc
+        finally:
+            await writer.stop()
+        return None
+
+    error = asyncio.run(main())
+    assert isinstance(error, StoreUnavailable)
+    assert not os.path.exists(f"{tmp_path}/missing.db")  # never created by the attempt
+
+
+@pytest.mark.slow
+def test_the_child_ends_with_the_server_and_ignores_sigterm(
+    server_factory: Callable[..., ServerProcess], sqlite_url: str
+) -> None:
+    """A SIGTERM meant for the whole process group leaves the child committing while the server
+    drains; a server killed with SIGKILL takes the child with it."""
+    upgrade(sqlite_url)
+    server = server_factory(sqlite_url, endpoint_table())
+    assert server.proc is not None
+    assert httpx.get(server.base_url + "/readyz", timeout=10).status_code == 200  # child up
+    children = [p for p in _children(server.proc.pid) if b"store_child" in _cmdline(p)]
+    assert len(children) == 1
+    child = children[0]
+    os.kill(child, signal.SIGTERM)
+    time.sleep(0.3)
+    assert _alive(child)
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        sent = encode("RTMP_STREAM_STATE_CHANGE", {"room_id": "r", "job_id": "j", "state": "END"})
+        answer = client.post(signed_path(), content=sent)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"] == "stored"
+    assert sent in stored_bodies(sqlite_url)
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the writer process outlived a killed server"
