@@ -232,6 +232,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._head_bytes = 0
         super().on_headers_complete()
+        if self.cycle is not None:  # its task has not run yet: it writes through this from now
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
         self._arm()  # the body's own time starts now
 
     def on_message_complete(self) -> None:
@@ -243,6 +245,47 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Answered before its body ended (a 413, say): the body's bytes since have cancelled
             # uvicorn's keep-alive time-out, so the idle connection gets this one instead.
             self._arm()
+
+
+class HeadWithBody:
+    """A response's transport that sends its status line and headers in one write with the
+    body that follows them.
+
+    uvicorn writes the head of a response as soon as the app starts it, and the body when the
+    app sends it: two system calls, and two wake-ups of the client, where one would do. Here the
+    head waits for the next write in the same turn of the event loop (an app's body usually
+    comes at once) and goes out with it; if nothing comes in that turn (a streamed answer, a
+    HEAD), it goes out alone at the end of the turn. Anything else is the real transport's."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+            self._transport.write(data)
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol_factory(
