@@ -102,11 +102,14 @@ def bare_server(workdir: Path) -> Server:
     )
 
 
-def receiver_server(workdir: Path, database_url: str, workers: int = 1) -> Server:
+def receiver_server(
+    workdir: Path, database_url: str, workers: int = 1, store_writer: str = "process"
+) -> Server:
     port = free_port()
     config = workdir / "receiver.toml"
     config.write_text(
         f"database_url = {json.dumps(database_url)}\n"
+        f"store_writer = {json.dumps(store_writer)}\n"
         "[[endpoints]]\n"
         f'name = "{ENDPOINT}"\n'
         f'registered_url = "{REGISTERED_URL}"\n'
@@ -116,6 +119,8 @@ def receiver_server(workdir: Path, database_url: str, workers: int = 1) -> Serve
         "tolerance_seconds = 3600\n"
     )
     name = "receiver" if workers == 1 else f"receiver-w{workers}"
+    if store_writer != "process":
+        name += f"-{store_writer}"
     env = dict(os.environ, BENCH_BATCH_STATS=str(workdir / f"batches-{name}.json"))
     env.pop("RECEIVER_DATABASE_URL", None)  # it would override database_url
     return Server(
@@ -293,20 +298,23 @@ def batch_summary(path: Path) -> dict[str, Any] | None:
 
 
 def run_store(store: str, args: argparse.Namespace, script: Path) -> dict[str, Any]:
-    """Bare, then the receiver (and, on PostgreSQL, the receiver with two workers), minutes
+    """Bare, then the receiver, the receiver with its store writer on a thread (the figures the
+    writer process is judged against), and on PostgreSQL the receiver with two workers, minutes
     apart at most; the figures and verdicts of one store."""
     with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{store}-") as tmp:
         workdir = Path(tmp)
         print(f"[{store}] bare endpoint ...", file=sys.stderr, flush=True)
         bare, _ = measure(bare_server(workdir), args, script)
         runs: dict[str, Measurement] = {}
-        counts = [1] if store == "sqlite" else sorted({1, args.workers})
-        for workers in counts:
+        plan = [(1, "process"), (1, "thread")]
+        if store == "postgres" and args.workers > 1:
+            plan.append((args.workers, "process"))
+        for workers, writer in plan:
             with database(store, workdir, args.pg_url) as url:
-                kind = "receiver" if workers == 1 else f"receiver-w{workers}"
+                server = receiver_server(workdir, url, workers, writer)
+                kind = server.name
                 print(f"[{store}] {kind} ...", file=sys.stderr, flush=True)
                 backends = functools.partial(pg_backend_pids, url) if store == "postgres" else list
-                server = receiver_server(workdir, url, workers)
                 measured, tag = measure(server, args, script, backends)
                 measured.rows = count_rows(url, tag)
             measured.batches = batch_summary(workdir / f"batches-{kind}.json")
@@ -344,7 +352,7 @@ def verdicts(
         "rss": one.peak_rss_mib <= MAX_RSS_MIB,
     }
     result: dict[str, Any] = {"ratio": round(ratio, 4)}
-    many = [kind for kind in runs if kind != "receiver"]
+    many = [kind for kind in runs if kind.startswith("receiver-w")]
     if many:
         gain = runs[many[0]].wrk.requests_per_second / one.wrk.requests_per_second
         result["worker_gain"] = round(gain, 3)
@@ -374,7 +382,7 @@ def _servers(run: dict[str, Any]) -> list[str]:
 
 def print_table(runs: list[dict[str, Any]]) -> None:
     header = (
-        f"{'store':<9}{'server':<12}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'peak RSS':>11}"
+        f"{'store':<9}{'server':<17}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'peak RSS':>11}"
         f"{'CPU us/req':>11}{'cores srv/db/wrk/other':>24}{'non-2xx':>9}{'2xx':>9}{'stored':>9}"
     )
     print(header)
@@ -385,7 +393,7 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             rows = str(m.rows["measured_run_events"]) if m.rows else "-"
             cores = f"{m.cpu.server:.2f}/{m.cpu.store:.2f}/{m.cpu.load:.2f}/{m.cpu.other:.2f}"
             print(
-                f"{run['store']:<9}{kind:<12}{m.wrk.requests_per_second:>8.0f}"
+                f"{run['store']:<9}{kind:<17}{m.wrk.requests_per_second:>8.0f}"
                 f"{m.wrk.latency_ms['50']:>8.2f}{m.wrk.latency_ms['99']:>8.2f}"
                 f"{m.peak_rss_mib:>7.1f} MiB{m.server_us_per_request:>11.1f}{cores:>24}"
                 f"{m.wrk.non_2xx:>9}{m.wrk.answered_2xx:>9}{rows:>9}"

@@ -2,8 +2,8 @@
 
     BENCH_BATCH_STATS=/tmp/batches.json .venv/bin/python bench/serve_receiver.py serve --config ...
 
-Runs ``receiver.cli.main`` unchanged. The only addition is a wrapper around
-``GroupCommitWriter.stop`` (called once, in the app's lifespan shutdown) that writes the writer's
+Runs ``receiver.cli.main`` unchanged. The only addition is a wrapper around the group-commit
+writers' ``stop`` (called once, in the app's lifespan shutdown) that writes the writer's
 ``batches`` and ``batch_sizes`` to ``$BENCH_BATCH_STATS.<pid>`` (one file per worker process);
 nothing on the request path changes. If the writer no longer has those attributes, nothing is
 written. The wrapper is installed at import, outside ``__main__``: ``serve --workers N`` spawns
@@ -22,9 +22,13 @@ from receiver.cli import main
 
 
 def _record_batches_at_stop(path: str) -> None:
-    original = getattr(store.GroupCommitWriter, "stop", None)
-    if original is None:
-        return
+    for writer_class in (store.GroupCommitWriter, getattr(store, "ProcessCommitWriter", None)):
+        if writer_class is not None and "stop" in vars(writer_class):
+            _wrap_stop(writer_class, path)
+
+
+def _wrap_stop(writer_class: Any, path: str) -> None:
+    original = writer_class.stop
 
     async def stop(self: Any) -> None:
         try:
@@ -36,7 +40,7 @@ def _record_batches_at_stop(path: str) -> None:
                 with open(f"{path}.{os.getpid()}", "w", encoding="utf-8") as handle:
                     json.dump(stats, handle)
 
-    store.GroupCommitWriter.stop = stop  # type: ignore[method-assign]
+    writer_class.stop = stop
 
 
 if target := os.environ.get("BENCH_BATCH_STATS"):
