@@ -807,3 +807,65 @@ def test_encode_of_valid_messages_round_trips(
     if "reply_id" in message:
         assert event.message["reply_id"] == str(message["reply_id"])
     assert_round_trips(event)
+
+
+# --- The round-trip gate of _parse_object: compact JSON skips the second pass only when safe ---
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(message=st.dictionaries(st.text(max_size=4), _json_values, max_size=5))
+def test_compact_bodies_decode_as_the_strict_reading_says(message: dict[str, Any]) -> None:
+    """Whatever the fast path takes, the strict reading agrees with: the same value, or a
+    refusal for integers that do not fit 64 bits (which the strict pass alone finds)."""
+    body = json.dumps(
+        {"event_type": "X", "message": message}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    fits = all(-(2**63) <= v <= 2**64 - 1 for v in _ints(message))
+    if fits:
+        assert decode(body).message == json.loads(body)["message"]
+    else:
+        with pytest.raises(DecodeError):
+            decode(body)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    message=st.dictionaries(st.text(min_size=1, max_size=4), st.integers(0, 9), min_size=1),
+    data=st.data(),
+)
+def test_a_repeated_key_in_compact_text_is_always_refused(
+    message: dict[str, int], data: st.DataObject
+) -> None:
+    key = data.draw(st.sampled_from(sorted(message)))
+    inner = orjson.dumps(message).decode()
+    repeated = inner[:-1] + "," + orjson.dumps(key).decode() + ":0}"
+    for body in (
+        orjson.dumps({"event_type": "X", "message": repeated}),
+        b'{"event_type":"X","message":' + repeated.encode() + b"}",
+    ):
+        with pytest.raises(DecodeError, match="duplicate key"):
+            decode(body)
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _ints(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _ints(v)]
+    return []
