@@ -88,7 +88,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.client_timeout = client_timeout
         if max_head_bytes is not None:
             self.max_head_bytes = max_head_bytes
-        self._deadline: asyncio.TimerHandle | None = None
+        # The time the current phase must end by (None: no phase running), and the one timer
+        # that looks at it. Moving the deadline is an assignment: the timer, when it fires
+        # early, sets itself again for the deadline of the moment (see _arm).
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._reading_head = True  # no request yet, or its line and headers not all here
         self._head_bytes = 0
@@ -99,16 +103,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- timers -----------------------------------------------------------------------------
 
     def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.client_timeout, self._on_deadline)
+        """The current phase must end within client_timeout from now. Called two or three times
+        per request, so it schedules nothing when a timer is set already: scheduling and
+        cancelling one per phase cost more than the rest of this class per request."""
+        self._deadline = self.loop.time() + self.client_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return  # no phase running: the next _arm sets a timer again
+        if self._deadline > self.loop.time():
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline = None
+        self._on_deadline()
 
     def _on_deadline(self) -> None:
-        self._deadline = None
         if self._answered or self.transport.is_closing():
             return
         seconds = f"{self.client_timeout:g}"
@@ -168,6 +183,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
