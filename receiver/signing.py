@@ -147,6 +147,14 @@ def parse_hw_time(text: str, unit: TimeUnit) -> tuple[float, TimeUnit]:
 
 
 def _decode_query(query_string: str) -> list[tuple[str, str]]:
+    if "%" not in query_string and "+" not in query_string:
+        # Nothing to unquote (a MetaStudio URL: hex and names): what parse_qsl gives, in a
+        # quarter of its time. tests/test_signing.py holds the two to the same answers.
+        if query_string.count("&") >= _MAX_QUERY_FIELDS:
+            raise SignatureMalformed(
+                "query string is not percent-encoded UTF-8 or has too many parameters"
+            )
+        return [field.partition("=")[::2] for field in query_string.split("&") if field]
     try:
         return parse_qsl(
             query_string,

@@ -582,3 +582,26 @@ def test_secrets_in_error_texts_are_masked() -> None:
     assert "5e7fe8869a12" not in masked
     assert "hwSecret=****&hwTime=66df9308" in masked
     assert mask_secrets_in("no secret here") == "no secret here"
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=st.text(alphabet=st.sampled_from("ab=&;x0 _-.~é/"), max_size=40)
+    | st.lists(st.sampled_from(["a=1", "", "b", "=c", "hwSecret=ff", "a=1=2"]), max_size=300).map(
+        "&".join
+    )
+)
+def test_the_unquoting_free_query_reader_says_what_parse_qsl_says(query: str) -> None:
+    """receiver.signing._decode_query skips parse_qsl when there is nothing to unquote: the
+    same pairs, and the same refusal past 256 fields."""
+    from urllib.parse import parse_qsl
+
+    from receiver.signing import _MAX_QUERY_FIELDS, _decode_query
+
+    try:
+        expected = parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+    except ValueError:
+        with pytest.raises(SignatureMalformed):
+            _decode_query(query)
+        return
+    assert _decode_query(query) == expected
