@@ -202,6 +202,7 @@ class Measurement:
     max_sampled_rss_mib: float
     cpu: CpuUse
     server_us_per_request: float
+    writer_us_per_request: float  # the part of it spent in the store's writer process
     rows: dict[str, Any] | None = None
     batches: dict[str, Any] | None = None
 
@@ -213,6 +214,7 @@ class Measurement:
             "max_sampled_rss_mib": self.max_sampled_rss_mib,
             "cpu_cores": asdict(self.cpu),
             "server_cpu_us_per_request": self.server_us_per_request,
+            "writer_process_cpu_us_per_request": self.writer_us_per_request,
             "rows": self.rows,
             "batches": self.batches,
         }
@@ -259,6 +261,7 @@ def measure(
         max_sampled_rss_mib=round(max(samples) / 1024, 1),
         cpu=cpu,
         server_us_per_request=round(cpu.server_seconds / max(result.requests, 1) * 1e6, 1),
+        writer_us_per_request=round(cpu.writer_seconds / max(result.requests, 1) * 1e6, 1),
     )
     return measurement, tag
 
@@ -383,7 +386,8 @@ def _servers(run: dict[str, Any]) -> list[str]:
 def print_table(runs: list[dict[str, Any]]) -> None:
     header = (
         f"{'store':<9}{'server':<17}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'peak RSS':>11}"
-        f"{'CPU us/req':>11}{'cores srv/db/wrk/other':>24}{'non-2xx':>9}{'2xx':>9}{'stored':>9}"
+        f"{'CPU us/req':>11}{'of it writer':>13}{'cores srv/db/wrk/other':>24}"
+        f"{'non-2xx':>9}{'2xx':>9}{'stored':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -395,7 +399,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             print(
                 f"{run['store']:<9}{kind:<17}{m.wrk.requests_per_second:>8.0f}"
                 f"{m.wrk.latency_ms['50']:>8.2f}{m.wrk.latency_ms['99']:>8.2f}"
-                f"{m.peak_rss_mib:>7.1f} MiB{m.server_us_per_request:>11.1f}{cores:>24}"
+                f"{m.peak_rss_mib:>7.1f} MiB{m.server_us_per_request:>11.1f}"
+                f"{m.writer_us_per_request or '-':>13}{cores:>24}"
                 f"{m.wrk.non_2xx:>9}{m.wrk.answered_2xx:>9}{rows:>9}"
             )
         r: Measurement = run["receiver"]

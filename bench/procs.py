@@ -88,12 +88,15 @@ class CpuUse:
     store: float  # database server processes named by the caller (PostgreSQL backends)
     load: float  # the load generator: children reaped meanwhile (wrk, once it has finished)
     other: float  # everything else on the machine: other programs, the kernel, PostgreSQL
+    # Of server_seconds, what the store's writer processes (receiver.store_child) used.
+    writer_seconds: float = 0.0
 
 
 def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) -> tuple[T, CpuUse]:
     """Call ``run`` and account for the CPU time the machine spent meanwhile. The server is
     ``pid`` and the processes under it when the run starts (its workers, if it has any)."""
     server_pids = process_tree(pid)
+    writer_pids = [p for p in server_pids if b"receiver.store_child" in _cmdline(p)]
 
     def store_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in store_pids)
@@ -101,13 +104,17 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     def server_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in server_pids)
 
-    server0, store0 = server_seconds(), store_seconds()
+    def writer_seconds() -> float:
+        return sum(process_cpu_seconds(p) for p in writer_pids)
+
+    server0, store0, writer0 = server_seconds(), store_seconds(), writer_seconds()
     children0, busy0 = children_cpu_seconds(), system_busy_seconds()
     start = time.monotonic()
     value = run()
     elapsed = time.monotonic() - start
     server = server_seconds() - server0
     store = store_seconds() - store0
+    writer = writer_seconds() - writer0
     children = children_cpu_seconds() - children0
     other = max(0.0, system_busy_seconds() - busy0 - server - store - children)
     return value, CpuUse(
@@ -116,7 +123,16 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
         store=round(store / elapsed, 2),
         load=round(children / elapsed, 2),
         other=round(other / elapsed, 2),
+        writer_seconds=writer,
     )
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
 
 
 def proc_status(pid: int) -> dict[str, int]:
