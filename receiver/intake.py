@@ -3,6 +3,8 @@
 The order matters: the signature is checked before anything of the body is parsed (it covers the
 URL and the time, not the body: signing-notes.md), and a correctly signed body that does not
 decode is still stored, as ``undecodable``, before it is refused, so nothing verified is lost.
+The decoding itself happens where the rows are built (receiver.store_write.delivery_of): in the
+store's writer process by default, off the event loop.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Protocol
 from urllib.parse import parse_qsl
 
 from receiver.config import EndpointSettings
-from receiver.errors import DecodeError, UndecodableStored
-from receiver.events import decode
+from receiver.errors import UndecodableStored
 from receiver.signing import verify
-from receiver.store import IncomingDelivery, WriteOutcome
+from receiver.store import WriteOutcome
+from receiver.store_write import Fields
 
 # Headers worth keeping with a delivery (what sent it, how, through which proxies). Credentials
 # (x-hw-mss-secret, authorization, cookies) are never among them.
@@ -39,7 +41,7 @@ MAX_HEADER_VALUE = 512
 
 
 class Writer(Protocol):
-    async def write(self, item: IncomingDelivery) -> WriteOutcome: ...
+    async def write_fields(self, fields: Fields) -> WriteOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,32 +63,27 @@ async def receive(
     on_verified: Callable[[float], None] | None = None,
 ) -> Receipt:
     """Verify, decode and store one callback. Raises SignatureError, UndecodableStored or
-    StoreUnavailable; returns only once the delivery is committed."""
+    StoreUnavailable; returns only once the delivery is committed. The body is decoded by the
+    writer, where it builds the rows (receiver.store_write.delivery_of): nothing is parsed
+    before the signature has been checked."""
     verified = verify(policy=endpoint.policy(), query_string=query_string, headers=headers, now=now)
     if on_verified is not None and verified.skew_seconds is not None:
         on_verified(verified.skew_seconds)
-    try:
-        event = decode(body)
-        error = None
-    except DecodeError as exc:
-        event, error = None, exc.message
-    item = IncomingDelivery(
-        endpoint=endpoint.name,
-        body=body,
-        received_at=datetime.fromtimestamp(now, UTC),
-        signed_at=verified.signed_at,
-        key_index=verified.key_index,
-        time_unit=verified.time_unit.value if verified.time_unit else None,
-        headers=kept_headers(headers),
-        query=kept_query(query_string, endpoint, decoded=verified.query),
-        remote_addr=remote_addr,
-        event=event,
-        error=error,
+    fields: Fields = (
+        endpoint.name,
+        body,
+        datetime.fromtimestamp(now, UTC),
+        verified.signed_at,
+        verified.key_index,
+        verified.time_unit.value if verified.time_unit else None,
+        kept_headers(headers),
+        kept_query(query_string, endpoint, decoded=verified.query),
+        remote_addr,
     )
-    outcome = await writer.write(item)
+    outcome = await writer.write_fields(fields)
     if outcome.status != "stored":
         raise UndecodableStored(
-            error or "the original of this duplicate delivery could not be decoded",
+            outcome.error or "the original of this duplicate delivery could not be decoded",
             delivery_id=outcome.delivery_id,
             duplicate=outcome.result == "duplicate",
         )

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -38,10 +39,12 @@ from receiver.store_driver import (
 )
 from receiver.store_process import ChildStore
 from receiver.store_write import (
+    Fields,
     IncomingDelivery,
-    Rows,
     WriteOutcome,
     dedup_key_for,
+    delivery_of,
+    fields_of,
 )
 
 __all__ = [
@@ -140,8 +143,9 @@ def open_writer(
     )
 
 
-# (delivery, its rows, its answer, the loop time by which it must be committed)
-Entry = tuple[IncomingDelivery, Rows, "asyncio.Future[WriteOutcome]", float]
+# (delivery, its rows, its answer, the loop time by which it must be committed); for the writer
+# process (delivery, rows) are (None, the request's Fields): the child builds the rest.
+Entry = tuple[Any, Any, "asyncio.Future[WriteOutcome]", float]
 # Work for the writer thread other than deliveries: a call, and where its result goes.
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 _STOP = object()
@@ -230,14 +234,25 @@ class GroupCommitWriter:
     def _enqueue(self, entry: Entry) -> None:
         self._queue.put(entry)
 
+    async def write_fields(self, fields: Fields) -> WriteOutcome:
+        """Decode and store one verified request (receiver.intake): the decoding happens here,
+        on the event loop; the outcome says why the body did not decode, if it did not."""
+        item = delivery_of(fields)
+        outcome = await self.write(item)
+        return outcome if item.error is None else replace(outcome, error=item.error)
+
     async def write(self, item: IncomingDelivery) -> WriteOutcome:
+        return await self._submit(item, self.store.prepare(item))
+
+    async def _submit(self, item: IncomingDelivery | None, payload: Any) -> WriteOutcome:
+        """Queue one delivery for the next batch and wait for its outcome."""
         if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
         if self._unanswered >= self.max_pending:
             raise StoreUnavailable("the store is not keeping up; too many deliveries waiting")
         loop = self._loop
         future: asyncio.Future[WriteOutcome] = loop.create_future()
-        entry = (item, self.store.prepare(item), future, loop.time() + self.timeout)
+        entry = (item, payload, future, loop.time() + self.timeout)
         self._unanswered += 1
         self._waiting.append(entry)
         self._enqueue(entry)
@@ -439,6 +454,16 @@ class ProcessCommitWriter(GroupCommitWriter):
 
     def _enqueue(self, entry: Entry) -> None:
         self._push(entry)
+
+    async def write(self, item: IncomingDelivery) -> WriteOutcome:
+        """As the thread writer's: the child decodes the body again, from the same bytes."""
+        return await self.write_fields(fields_of(item))
+
+    async def write_fields(self, fields: Fields) -> WriteOutcome:
+        """Store one verified request (receiver.intake). It travels as it came: the child decodes
+        the body and builds the rows (receiver.store_write.delivery_of), so the event loop,
+        which every request waits for, does neither."""
+        return await self._submit(None, fields)
 
     async def _pump(self) -> None:
         assert self._wake is not None

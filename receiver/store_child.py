@@ -20,10 +20,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from receiver.errors import StoreUnavailable
-from receiver.store_write import IncomingDelivery, Rows
+from receiver.store_write import Fields, delivery_of
 
 if TYPE_CHECKING:
     from receiver.store_driver import Store
@@ -32,16 +32,6 @@ log = logging.getLogger("receiver.store")
 
 _PR_SET_PDEATHSIG = 1
 CHECKPOINT_SECONDS = 1.0
-
-
-class _Keyed:
-    """What Store.write_batch reads of an item: its dedup key, and whether it decoded."""
-
-    __slots__ = ("dedup_key", "event")
-
-    def __init__(self, dedup_key: str, event: object) -> None:
-        self.dedup_key = dedup_key
-        self.event = event
 
 
 def _die_with_parent_thread() -> None:
@@ -104,15 +94,14 @@ def _answer(store: Store, message: tuple[Any, ...]) -> tuple[str, Any]:
         return "unavailable", f"store error: {type(exc).__name__}"
 
 
-def _write(store: Store, rows: list[Rows]) -> list[tuple[Any, ...] | str]:
-    items = [_Keyed(delivery[2], event) for delivery, event in rows]
-    # The rows hold everything written; of an item the write reads only what _Keyed has.
-    outcomes = store.write_batch(cast("list[IncomingDelivery]", items), rows)
+def _write(store: Store, batch: list[Fields]) -> list[tuple[Any, ...] | str]:
+    items = [delivery_of(fields) for fields in batch]
+    outcomes = store.write_batch(items, [store.prepare(item) for item in items])
     return [
         outcome.message
         if isinstance(outcome, StoreUnavailable)
-        else (outcome.result, outcome.status, outcome.delivery_id, outcome.event_id)
-        for outcome in outcomes
+        else (outcome.result, outcome.status, outcome.delivery_id, outcome.event_id, item.error)
+        for item, outcome in zip(items, outcomes, strict=True)
     ]
 
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from receiver.errors import StoreUnavailable
-from receiver.store_write import IncomingDelivery, Rows, WriteOutcome, prepare
+from receiver.store_write import Fields, WriteOutcome
 
 if TYPE_CHECKING:
     from receiver.store_driver import Target
@@ -58,17 +58,12 @@ class ChildStore:
     def __init__(self, url: str, target: Target) -> None:
         self.url = url
         self.target = target
-        self._sqlite = target[0] == "sqlite"
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.starts = 0
         # Past this a child that has not answered is taken for hung, killed and replaced.
         self.answer_seconds = ANSWER_SECONDS
-
-    def prepare(self, item: IncomingDelivery) -> Rows:
-        """The rows of one delivery (on the loop's thread, at intake)."""
-        return prepare(item, sqlite=self._sqlite)
 
     def checkpoint(self) -> None:
         """Nothing here: the child checkpoints SQLite itself, on a thread of its own."""
@@ -153,9 +148,10 @@ class ChildStore:
             raise StoreUnavailable(value)
         return value
 
-    async def write_batch(self, rows: Sequence[Rows]) -> list[WriteOutcome | StoreUnavailable]:
-        """As Store.write_batch. Only the rows travel (the dedup key is one of their values)."""
-        answers = await self.request(("write", list(rows)))
+    async def write_batch(self, batch: Sequence[Fields]) -> list[WriteOutcome | StoreUnavailable]:
+        """As Store.write_batch, for verified requests not yet decoded: the child decodes them
+        and builds their rows (receiver.store_write.delivery_of)."""
+        answers = await self.request(("write", list(batch)))
         return [
             WriteOutcome(*answer) if isinstance(answer, tuple) else StoreUnavailable(answer)
             for answer in answers

@@ -22,8 +22,9 @@ from typing import Any
 
 import orjson
 
-from receiver.errors import StoreUnavailable
+from receiver.errors import DecodeError, StoreUnavailable
 from receiver.events import Event as DecodedEvent
+from receiver.events import decode
 from receiver.ids import id_key
 from receiver.statuses import DeliveryStatus
 
@@ -72,6 +73,60 @@ class WriteOutcome:
     status: str  # status of the original delivery: "stored" | "undecodable"
     delivery_id: int
     event_id: int | None
+    error: str | None = None  # why this delivery's body did not decode (set by write_fields)
+
+
+Fields = tuple[
+    str,
+    bytes,
+    datetime,
+    "datetime | None",
+    "int | None",
+    "str | None",
+    dict[str, str],
+    list[tuple[str, str]],
+    "str | None",
+]
+"""A verified request as intake hands it to the writer, not yet decoded: endpoint, body,
+received_at, signed_at, key_index, time_unit, kept headers, kept query, remote_addr."""
+
+
+def fields_of(item: IncomingDelivery) -> Fields:
+    """The request ``item`` was built from (delivery_of's argument)."""
+    return (
+        item.endpoint,
+        item.body,
+        item.received_at,
+        item.signed_at,
+        item.key_index,
+        item.time_unit,
+        item.headers,
+        item.query,
+        item.remote_addr,
+    )
+
+
+def delivery_of(fields: Fields) -> IncomingDelivery:
+    """Decode a verified request's body and build the delivery to store. Run where the rows are
+    built: on the event loop for the thread writer, in the writer process otherwise."""
+    endpoint, body, received_at, signed_at, key_index, time_unit, headers, query, remote = fields
+    try:
+        event, error = decode(body), None
+    except DecodeError as exc:
+        event, error = None, exc.message
+    return IncomingDelivery(
+        endpoint=endpoint,
+        body=body,
+        received_at=received_at,
+        signed_at=signed_at,
+        key_index=key_index,
+        time_unit=time_unit,
+        headers=headers,
+        query=query,
+        remote_addr=remote,
+        event=event,
+        error=error,
+    )
 
 
 # Any fixed 64-bit number (migrations/env.py and crosscheck_run use others).

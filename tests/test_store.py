@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from receiver.errors import DecodeError, StoreUnavailable
-from receiver.events import decode
+from receiver.errors import StoreUnavailable
 from receiver.migrate import upgrade
 from receiver.store import (
     DELIVERIES,
@@ -31,7 +30,7 @@ from receiver.store import (
     WriteOutcome,
     create_engine_for,
 )
-from receiver.store_write import Rows, prepare
+from receiver.store_write import Rows, delivery_of, prepare
 from receiver.testing import encode
 
 SIGNED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -53,22 +52,18 @@ def incoming(
     key_index: int | None = 0,
 ) -> IncomingDelivery:
     """What intake builds for a verified delivery (decoding included)."""
-    try:
-        event, error = decode(body), None
-    except DecodeError as exc:
-        event, error = None, exc.message
-    return IncomingDelivery(
-        endpoint=endpoint,
-        body=body,
-        received_at=datetime.now(UTC),
-        signed_at=signed_at,
-        key_index=key_index if signed_at is not None else None,
-        time_unit="seconds" if signed_at is not None else None,
-        headers={"content-type": "application/json"},
-        query=list(query),
-        remote_addr=remote_addr,
-        event=event,
-        error=error,
+    return delivery_of(
+        (
+            endpoint,
+            body,
+            datetime.now(UTC),
+            signed_at,
+            key_index if signed_at is not None else None,
+            "seconds" if signed_at is not None else None,
+            {"content-type": "application/json"},
+            list(query),
+            remote_addr,
+        )
     )
 
 
