@@ -109,8 +109,9 @@ def receiver_server(
     config = workdir / "receiver.toml"
     config.write_text(
         f"database_url = {json.dumps(database_url)}\n"
-        f"store_writer = {json.dumps(store_writer)}\n"
-        "[[endpoints]]\n"
+        # Only when not the default: profile_ingest.py --source runs older checkouts too.
+        + (f"store_writer = {json.dumps(store_writer)}\n" if store_writer != "process" else "")
+        + "[[endpoints]]\n"
         f'name = "{ENDPOINT}"\n'
         f'registered_url = "{REGISTERED_URL}"\n'
         'auth_type = "MSS_A"\n'
