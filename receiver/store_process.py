@@ -29,6 +29,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ CHILD_MODULE = "receiver.store_child"
 # 30 s, come first: past this the child is taken for hung and killed).
 START_SECONDS = 60.0
 ANSWER_SECONDS = 120.0
+# At most one start per this long: a child that ends at once is not started again and again
+# for every batch (the batches meanwhile are answered 503).
+RESTART_SECONDS = 1.0
 # The framing of multiprocessing.connection.Connection, which the child reads and writes with.
 _LENGTH = struct.Struct("!i")
 
@@ -64,6 +68,8 @@ class ChildStore:
         self.starts = 0
         # Past this a child that has not answered is taken for hung, killed and replaced.
         self.answer_seconds = ANSWER_SECONDS
+        self.module = CHILD_MODULE
+        self._started_at: float | None = None
 
     def checkpoint(self) -> None:
         """Nothing here: the child checkpoints SQLite itself, on a thread of its own."""
@@ -80,12 +86,19 @@ class ChildStore:
         if self._alive():
             return
         self._discard()
+        now = time.monotonic()
+        if self._started_at is not None and now - self._started_at < RESTART_SECONDS:
+            raise StoreUnavailable(
+                "the store's writer process ended just after it started; "
+                f"it is started again within {RESTART_SECONDS:g} s"
+            )
+        self._started_at = now
         ours, theirs = socket.socketpair()
         try:
             # A plain interpreter, not multiprocessing's spawn: no resource-tracker process and
             # nothing of this process's __main__ imported again. The target (a PostgreSQL URL may
             # hold a password) goes over the socket, never on the command line.
-            command = [sys.executable, "-m", CHILD_MODULE, str(theirs.fileno()), str(os.getpid())]
+            command = [sys.executable, "-m", self.module, str(theirs.fileno()), str(os.getpid())]
             process = subprocess.Popen(
                 command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True
             )

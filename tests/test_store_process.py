@@ -117,7 +117,16 @@ def test_a_killed_child_costs_a_503_and_is_started_again(sqlite_url: str) -> Non
                 await writer.write(incoming(body_for(2)))
             except StoreUnavailable as exc:
                 error = exc
-            after = await writer.write(incoming(body_for(3)))
+            # As a sender would: retry until stored (a child that lived under a second is
+            # started again a second after it started, RESTART_SECONDS).
+            give_up = time.monotonic() + 10
+            while True:
+                try:
+                    after = await writer.write(incoming(body_for(3)))
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < give_up, "no new child took over"
+                    await asyncio.sleep(0.1)
             assert child.pid is not None and child.pid != first_pid
             return error, after, child.starts, first_pid
         finally:
@@ -259,3 +268,31 @@ def test_the_child_ends_with_the_server_and_ignores_sigterm(
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the writer process outlived a killed server"
+
+
+def test_a_child_that_cannot_run_is_not_started_again_for_every_batch(sqlite_url: str) -> None:
+    """A broken writer (here: a module that is not there, so the interpreter exits at once):
+    every delivery is answered 503, and the child is started at most once a second."""
+    upgrade(sqlite_url)
+
+    async def main() -> tuple[list[BaseException], int]:
+        writer = _writer(sqlite_url, timeout=2)
+        writer.child.module = "receiver.no_such_module"
+        await writer.start()
+        errors: list[BaseException] = []
+        try:
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                answers = await asyncio.gather(
+                    *(writer.write(incoming(body_for(n))) for n in range(8)),
+                    return_exceptions=True,
+                )
+                errors += [a for a in answers if isinstance(a, BaseException)]
+                await asyncio.sleep(0.05)
+        finally:
+            await writer.stop()
+        return errors, writer.child.starts
+
+    errors, starts = asyncio.run(main())
+    assert errors and all(isinstance(e, StoreUnavailable) for e in errors)
+    assert 1 <= starts <= 3
