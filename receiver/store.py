@@ -385,6 +385,10 @@ class GroupCommitWriter:
                     )
 
 
+def _is_entry(work: object) -> bool:
+    return isinstance(work, tuple) and len(work) == 4
+
+
 def _is_call(entry: object) -> bool:
     return isinstance(entry, tuple) and len(entry) == 2
 
@@ -473,6 +477,9 @@ class ProcessCommitWriter(GroupCommitWriter):
         except StoreUnavailable as exc:  # the first write tries again, and answers 503 if not
             log.error("store unavailable at start: %s", exc.message)
             self.last_error = exc.message
+        except Exception as exc:  # say so, and let the first write try again
+            log.exception("the store's writer process could not start")
+            self.last_error = f"store error: {type(exc).__name__}"
         while True:
             if not pending:
                 wake.clear()
@@ -485,7 +492,7 @@ class ProcessCommitWriter(GroupCommitWriter):
                 await self._request(first)  # type: ignore[arg-type]
                 continue
             batch: list[Entry] = [first]  # type: ignore[list-item]
-            while pending and len(batch) < self.max_batch and len(pending[0]) == 4:  # type: ignore[arg-type]
+            while pending and len(batch) < self.max_batch and _is_entry(pending[0]):
                 batch.append(pending.popleft())  # type: ignore[arg-type]
             outcomes: list[WriteOutcome | StoreUnavailable] | StoreUnavailable
             try:
@@ -504,5 +511,8 @@ class ProcessCommitWriter(GroupCommitWriter):
             result = await self.child.request(message)
         except StoreUnavailable as exc:
             _fail(future, exc)
+        except Exception as exc:  # never let the writer die
+            log.exception("unexpected error while asking the store's writer process")
+            _fail(future, StoreUnavailable(f"store error: {type(exc).__name__}"))
         else:
             _resolve(future, result)

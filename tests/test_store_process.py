@@ -296,3 +296,23 @@ def test_a_child_that_cannot_run_is_not_started_again_for_every_batch(sqlite_url
     errors, starts = asyncio.run(main())
     assert errors and all(isinstance(e, StoreUnavailable) for e in errors)
     assert 1 <= starts <= 3
+
+
+def test_stop_commits_what_is_still_queued(db_url: str) -> None:
+    """Deliveries queued behind a batch when the server stops are committed before the child
+    closes, not dropped (and the stop itself does not fail)."""
+    upgrade(db_url)
+    bodies = [body_for(n) for n in range(40)]
+
+    async def main() -> list[WriteOutcome | BaseException]:
+        writer = _writer(db_url)
+        await writer.start()
+        await writer.ping()  # the child is up: the first batch goes at once
+        tasks = [asyncio.create_task(writer.write(incoming(b))) for b in bodies]
+        await asyncio.sleep(0)  # all queued, the first one sent
+        await writer.stop()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, WriteOutcome) and o.result == "stored" for o in outcomes), outcomes
+    assert sorted(stored_bodies(db_url)) == sorted(bodies)
