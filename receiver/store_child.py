@@ -65,17 +65,18 @@ def _child_main(conn: Connection, parent_pid: int) -> None:
         while not closing:
             try:
                 message = conn.recv()
-            except (EOFError, OSError):
+                closing = message[0] == "close"
+                if not closing:
+                    conn.send(_answer(store, message))
+            except (EOFError, OSError):  # the server is gone: nobody waits for an answer
                 break
-            closing = message[0] == "close"
-            if not closing:
-                conn.send(_answer(store, message))
     finally:
         stop.set()
         checkpointer.join(timeout=5)
         store.close()
     if closing:
-        conn.send(("ok", None))
+        with contextlib.suppress(OSError):
+            conn.send(("ok", None))
 
 
 def _answer(store: Store, message: tuple[Any, ...]) -> tuple[str, Any]:

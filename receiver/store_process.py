@@ -79,7 +79,11 @@ class ChildStore:
         return None if self._process is None else self._process.pid
 
     def _alive(self) -> bool:
-        return self._writer is not None and self._process is not None
+        """A child to ask: started, and not known to have ended (a child that ended while idle is
+        replaced before the next batch, instead of costing that batch a 503)."""
+        return (
+            self._writer is not None and self._process is not None and self._process.poll() is None
+        )
 
     async def start(self) -> None:
         """Start the child and wait until it answers "ready" (or raise StoreUnavailable)."""
@@ -109,7 +113,12 @@ class ChildStore:
             theirs.close()
         self._process = process
         self.starts += 1
-        self._reader, self._writer = await asyncio.open_connection(sock=ours)
+        try:
+            self._reader, self._writer = await asyncio.open_connection(sock=ours)
+        except OSError as exc:
+            ours.close()
+            self._discard()
+            raise StoreUnavailable(f"the store's writer process cannot be reached: {exc}") from None
         await self.request(self.target, timeout=START_SECONDS)  # answered "ready"
         if self.starts > 1:
             log.warning("store writer process started again (pid %d)", process.pid)
@@ -152,7 +161,7 @@ class ChildStore:
             ) from None
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
             process = self._process
-            self._discard(grace=1)
+            self._discard(grace=0.2)  # it closed its end: it is on its way out
             code = None if process is None else process.returncode
             raise StoreUnavailable(
                 f"the store's writer process ended (exit code {code}): {type(exc).__name__}"
