@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 
 from receiver.errors import StoreUnavailable
 from receiver.models import Delivery, Event
@@ -36,6 +36,7 @@ from receiver.store_driver import (
     Store,
     _sqlite_pragmas,
     _sqlite_uri,
+    sqlite_path,
 )
 from receiver.store_process import ChildStore
 from receiver.store_write import (
@@ -68,7 +69,6 @@ log = logging.getLogger("receiver.store")
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
-T = TypeVar("T")
 
 
 def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
@@ -113,16 +113,6 @@ def _json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
 
 
-def sqlite_path(url: str | URL) -> str | None:
-    parsed = make_url(url) if isinstance(url, str) else url
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database or ""
-    if database in ("", ":memory:"):
-        return None
-    return os.path.abspath(database)
-
-
 def open_writer(
     url: str,
     *,
@@ -139,7 +129,7 @@ def open_writer(
             store, max_batch=max_batch, max_pending=max_pending, timeout=timeout
         )
     return ProcessCommitWriter(
-        ChildStore(url, store.target), max_batch=max_batch, max_pending=max_pending, timeout=timeout
+        ChildStore(store.target), max_batch=max_batch, max_pending=max_pending, timeout=timeout
     )
 
 
@@ -188,6 +178,8 @@ class GroupCommitWriter:
         self.batch_sizes: list[int] = []
         # Called on the event loop after each committed batch (metrics).
         self.on_batch: Callable[[Sequence[WriteOutcome | StoreUnavailable]], None] | None = None
+        # SQLite checkpoints from the watchdog (the writer process runs its own).
+        self.checkpoints_here = True
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -217,12 +209,15 @@ class GroupCommitWriter:
     async def ping(self) -> None:
         """Raises StoreUnavailable unless the store answers (on the writer's own thread)."""
         try:
-            await asyncio.wait_for(self._call(self.store.ping), timeout=self.timeout)
+            await asyncio.wait_for(self._ping_future(), timeout=self.timeout)
         except TimeoutError:
             # A bare TimeoutError would reach the routes as an unexpected error (a 500).
             raise StoreUnavailable(
                 f"the store did not answer within {self.timeout:g} seconds"
             ) from None
+
+    def _ping_future(self) -> asyncio.Future[Any]:
+        return self._call(self.store.ping)
 
     def _call(self, work: Callable[[], Any]) -> asyncio.Future[Any]:
         if self._closing or self._loop is None:
@@ -242,14 +237,19 @@ class GroupCommitWriter:
         return outcome if item.error is None else replace(outcome, error=item.error)
 
     async def write(self, item: IncomingDelivery) -> WriteOutcome:
+        self._admit()
         return await self._submit(item, self.store.prepare(item))
 
-    async def _submit(self, item: IncomingDelivery | None, payload: Any) -> WriteOutcome:
-        """Queue one delivery for the next batch and wait for its outcome."""
+    def _admit(self) -> None:
+        """Refuse at once (503) what cannot be queued, before any work is spent on it."""
         if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
         if self._unanswered >= self.max_pending:
             raise StoreUnavailable("the store is not keeping up; too many deliveries waiting")
+
+    async def _submit(self, item: IncomingDelivery | None, payload: Any) -> WriteOutcome:
+        """Queue one delivery (admitted already) for the next batch; wait for its outcome."""
+        assert self._loop is not None
         loop = self._loop
         future: asyncio.Future[WriteOutcome] = loop.create_future()
         entry = (item, payload, future, loop.time() + self.timeout)
@@ -367,7 +367,11 @@ class GroupCommitWriter:
         while True:
             await asyncio.sleep(step)
             now = loop.time()
-            if now >= next_checkpoint and (checkpoint is None or checkpoint.done()):
+            if (
+                self.checkpoints_here
+                and now >= next_checkpoint
+                and (checkpoint is None or checkpoint.done())
+            ):
                 if checkpoint is not None and checkpoint.exception() is not None:
                     log.debug("checkpoint failed: %r", checkpoint.exception())
                 checkpoint = loop.run_in_executor(self._maintenance, self.store.checkpoint)
@@ -419,6 +423,7 @@ class ProcessCommitWriter(GroupCommitWriter):
         """``options``: GroupCommitWriter's (max_batch, max_pending, timeout)."""
         super().__init__(store, **options)  # type: ignore[arg-type]
         self.child = store
+        self.checkpoints_here = False
         self._pending: collections.deque[Entry | _Request | object] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -439,17 +444,12 @@ class ProcessCommitWriter(GroupCommitWriter):
             await self._pump_task
         await self._stop_watchdog()
 
-    async def ping(self) -> None:
+    def _ping_future(self) -> asyncio.Future[Any]:
         if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._push((("ping",), future))
-        try:
-            await asyncio.wait_for(future, timeout=self.timeout)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"the store did not answer within {self.timeout:g} seconds"
-            ) from None
+        return future
 
     def _push(self, work: Entry | _Request | object) -> None:
         self._pending.append(work)
@@ -467,6 +467,7 @@ class ProcessCommitWriter(GroupCommitWriter):
         """Store one verified request (receiver.intake). It travels as it came: the child decodes
         the body and builds the rows (receiver.store_write.delivery_of), so the event loop,
         which every request waits for, does neither."""
+        self._admit()
         return await self._submit(None, fields)
 
     async def _pump(self) -> None:

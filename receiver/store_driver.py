@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from receiver.errors import StoreUnavailable
@@ -29,6 +29,9 @@ from receiver.store_write import (
     write_postgres,
     write_sqlite,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 log = logging.getLogger("receiver.store")
 
@@ -49,18 +52,29 @@ PG_CONNECT_ARGS: dict[str, Any] = {
 }
 
 
-def target_of(url: str) -> Target:
-    """What :class:`Store` connects to, read from a SQLAlchemy URL (SQLAlchemy imported here
-    only: the writer process is handed the target itself)."""
-    from sqlalchemy.engine import make_url
+def sqlite_path(url: str | URL) -> str | None:
+    """The absolute path of a SQLite URL's file; None for another database or an in-memory one."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:"):
+        return None
+    return os.path.abspath(database)
 
-    parsed = make_url(url)
-    dialect = parsed.get_backend_name()
-    path = None
-    if dialect == "sqlite" and (parsed.database or "") not in ("", ":memory:"):
-        path = os.path.abspath(parsed.database or "")
+
+def target_of(url: str) -> Target:
+    """What :class:`Store` connects to, read from a SQLAlchemy URL (the writer process is handed
+    the target itself, so it never imports SQLAlchemy)."""
+    parsed = _parse(url)
     conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    return dialect, path, conninfo
+    return parsed.get_backend_name(), sqlite_path(parsed), conninfo
+
+
+def _parse(url: str | URL) -> URL:
+    from sqlalchemy.engine import make_url  # here only: see the module's docstring
+
+    return make_url(url) if isinstance(url, str) else url
 
 
 def _sqlite_uri(path: str) -> str:

@@ -59,8 +59,7 @@ class ChildStore:
     One request at a time: the caller (receiver.store's ProcessCommitWriter) awaits each answer
     before it asks again."""
 
-    def __init__(self, url: str, target: Target) -> None:
-        self.url = url
+    def __init__(self, target: Target) -> None:
         self.target = target
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -70,9 +69,6 @@ class ChildStore:
         self.answer_seconds = ANSWER_SECONDS
         self.module = CHILD_MODULE
         self._started_at: float | None = None
-
-    def checkpoint(self) -> None:
-        """Nothing here: the child checkpoints SQLite itself, on a thread of its own."""
 
     @property
     def pid(self) -> int | None:
