@@ -407,6 +407,10 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+# Body bytes per batch sent to the writer process, at most (the first delivery always goes):
+# with max_body_bytes at its 16 MiB ceiling, 512 bodies would not fit one message's framing.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
 # A request to the child other than a batch: its message, and where the answer goes.
 _Request = tuple[tuple[str, ...], "asyncio.Future[Any]"]
 
@@ -493,7 +497,11 @@ class ProcessCommitWriter(GroupCommitWriter):
                 await self._request(first)  # type: ignore[arg-type]
                 continue
             batch: list[Entry] = [first]  # type: ignore[list-item]
+            size = len(first[1][1])  # type: ignore[index]
             while pending and len(batch) < self.max_batch and _is_entry(pending[0]):
+                size += len(pending[0][1][1])  # type: ignore[index]
+                if size > MAX_BATCH_BYTES:
+                    break  # one message stays well inside the socket framing and memory
                 batch.append(pending.popleft())  # type: ignore[arg-type]
             outcomes: list[WriteOutcome | StoreUnavailable] | StoreUnavailable
             try:

@@ -318,3 +318,26 @@ def test_stop_commits_what_is_still_queued(db_url: str) -> None:
     assert all(isinstance(o, WriteOutcome) and o.result == "stored" for o in outcomes), outcomes
     assert sorted(stored_bodies(db_url)) == sorted(bodies)
 
+
+def test_batches_are_bounded_in_bytes(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big bodies split into several batches (one message each way per batch must stay far
+    from the socket framing's 2 GiB and from memory); every one is still stored."""
+    import receiver.store
+
+    upgrade(sqlite_url)
+    monkeypatch.setattr(receiver.store, "MAX_BATCH_BYTES", 3000)
+    bodies = [body_for(n, padding="x" * 1000) for n in range(20)]
+
+    async def main() -> list[int]:
+        writer = _writer(sqlite_url)
+        await writer.start()
+        await writer.ping()
+        try:
+            await asyncio.gather(*(writer.write(incoming(b)) for b in bodies))
+        finally:
+            await writer.stop()
+        return writer.batch_sizes
+
+    sizes = asyncio.run(main())
+    assert sum(sizes) == len(bodies) and max(sizes) <= 2
+    assert sorted(stored_bodies(sqlite_url)) == sorted(bodies)
