@@ -511,7 +511,11 @@ class ProcessCommitWriter(GroupCommitWriter):
             except Exception as exc:  # never let the writer die
                 log.exception("unexpected error while writing a batch")
                 outcomes = StoreUnavailable(f"store error: {type(exc).__name__}")
-            self._answer(batch, outcomes)
+            try:
+                self._answer(batch, outcomes)
+            except Exception as exc:  # a malformed answer: that batch is a 503, the pump goes on
+                log.exception("could not hand out a batch's outcomes")
+                self._failed(StoreUnavailable(f"store error: {type(exc).__name__}"), batch)
         await child.close()
 
     async def _request(self, request: _Request) -> None:

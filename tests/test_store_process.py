@@ -341,3 +341,38 @@ def test_batches_are_bounded_in_bytes(sqlite_url: str, monkeypatch: pytest.Monke
     sizes = asyncio.run(main())
     assert sum(sizes) == len(bodies) and max(sizes) <= 2
     assert sorted(stored_bodies(sqlite_url)) == sorted(bodies)
+
+
+def test_a_malformed_answer_costs_its_batch_not_the_writer(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer that does not match its batch (here: one outcome short) is a 503 for that
+    batch; the next delivery is stored as usual."""
+    upgrade(sqlite_url)
+    real = ChildStore.write_batch
+    calls = 0
+
+    async def short(self: ChildStore, batch: list[object]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        answers = await real(self, batch)  # type: ignore[arg-type]
+        return answers[:-1] if calls == 1 else answers  # type: ignore[return-value]
+
+    monkeypatch.setattr(ChildStore, "write_batch", short)
+
+    async def main() -> tuple[BaseException | None, WriteOutcome]:
+        writer = _writer(sqlite_url)
+        await writer.start()
+        try:
+            error = None
+            try:
+                await writer.write(incoming(body_for(1)))
+            except StoreUnavailable as exc:
+                error = exc
+            return error, await writer.write(incoming(body_for(2)))
+        finally:
+            await writer.stop()
+
+    error, after = asyncio.run(main())
+    assert isinstance(error, StoreUnavailable)
+    assert after.result == "stored"
