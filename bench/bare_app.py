@@ -2,7 +2,8 @@
 
 It does none of the receiver's work (no signature, no decoding, no database), so the ratio
 receiver/bare says what verification, decoding and the durable commit cost on top of the HTTP
-stack itself. Same route shape and the same uvicorn options as ``receiver/cli.py`` ``cmd_serve``.
+stack itself. Same route shape and the same uvicorn options as ``receiver/cli/__init__.py``
+``cmd_serve``.
 
     .venv/bin/python bench/bare_app.py --port 8081
 """
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args(argv)
-    # Keep in step with receiver/cli.py cmd_serve: one worker, no access log, uvicorn's default
+    # Keep in step with receiver/cli/__init__.py cmd_serve: one worker, no access log, uvicorn's
+    # default
     # ("auto") loop and HTTP implementation, which pick uvloop and httptools when installed.
     uvicorn.run(
         app,

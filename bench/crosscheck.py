@@ -20,7 +20,7 @@ For each store:
    event, calling back another URL, and still PROCESSING after its stream ENDed. That is
    6 x ``--rooms`` findings expected (600 by default), checked after the first run.
 3. ``CrossChecker.run`` runs three times with ``now`` one hour after the last event, over the
-   official SDK talking HTTP to the fake, exactly as ``receiver.app.build_crosschecker`` builds
+   official SDK talking HTTP to the fake, exactly as ``receiver.web.app.build_crosschecker`` builds
    it (concurrency 4, the default policy) but with a 600 s cache:
 
    - cold: nothing cached, no snapshots or findings stored yet;
@@ -65,14 +65,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed
 
 from receiver.config import EndpointSettings
-from receiver.crosscheck import Policy
-from receiver.crosscheck_run import CrossChecker, RunReport
-from receiver.ids import api_form
-from receiver.metastudio import MetaStudioJobs, RoomJobs
-from receiver.models import Event, Finding, JobSnapshot, UTCDateTime
-from receiver.signing import AuthType
-from receiver.store import create_engine_for
-from receiver.testing import fake_metastudio as fm
+from receiver.crosscheck.metastudio import MetaStudioJobs, RoomJobs
+from receiver.crosscheck.rules import Policy
+from receiver.crosscheck.run import CrossChecker, RunReport
+from receiver.fake_metastudio import server as fm
+from receiver.protocol.ids import api_form
+from receiver.protocol.signing import AuthType
+from receiver.store.models import Event, Finding, JobSnapshot, UTCDateTime
+from receiver.store.writer import create_engine_for
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"

@@ -92,7 +92,14 @@ from hypothesis import strategies as st
 from ingest import database
 from procs import Server, free_port, proc_status
 
-from receiver.signing import SECRET_HEADER, TIME_HEADER, AuthType, SignedUri, TimeUnit, sign_request
+from receiver.protocol.signing import (
+    SECRET_HEADER,
+    TIME_HEADER,
+    AuthType,
+    SignedUri,
+    TimeUnit,
+    sign_request,
+)
 from receiver.testing import strategies
 from receiver.testing.strategies import (
     TOKEN_CHARS,

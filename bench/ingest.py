@@ -63,7 +63,7 @@ from loadgen import WrkResult, lua_script, run_wrk
 from procs import CpuUse, Server, free_port, measure_cpu
 from sqlalchemy.engine import make_url
 
-from receiver.signing import AuthType, sign_request
+from receiver.protocol.signing import AuthType, sign_request
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

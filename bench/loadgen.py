@@ -1,8 +1,10 @@
 """wrk for ``bench/ingest.py``: the Lua script that POSTs distinct callback bodies, and the parse
 of wrk's report.
 
-Bodies are built the way MetaStudio builds them (``receiver.events.encode``: compact JSON, the
-``message`` as JSON text) with placeholders, checked with ``receiver.events.decode``, and cut into
+Bodies are built the way MetaStudio builds them (``receiver.protocol.events.encode``: compact JSON,
+the
+``message`` as JSON text) with placeholders, checked with ``receiver.protocol.events.decode``, and
+cut into
 literal pieces; the Lua script only concatenates the pieces with a job id and a sequence number.
 The job id is ``<run tag, 8 hex><wrk thread, 4 digits><request counter, 20 digits>`` (32
 characters, the length of MetaStudio's ids), so no two bodies of a run are equal and the rows of
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from receiver.events import EventType, decode, encode
+from receiver.protocol.events import EventType, decode, encode
 
 ROOM_ID = "5f1c0e2b9a7d4c3e8b6a1f0d2c4e6a8b"
 _JOB = "JOBIDSLOT"
@@ -44,7 +46,7 @@ def body_templates() -> list[bytes]:
                 "room_id": ROOM_ID,
                 "job_id": _JOB,
                 "scene_script_name": "opening",
-                # A string, as in the document's example (see receiver/events.py).
+                # A string, as in the document's example (see receiver/protocol/events.py).
                 "shoot_script_sequence_no": _SEQ,
                 "shoot_script_title": "Welcome",
             },

@@ -88,7 +88,7 @@ class CpuUse:
     store: float  # database server processes named by the caller (PostgreSQL backends)
     load: float  # the load generator: children reaped meanwhile (wrk, once it has finished)
     other: float  # everything else on the machine: other programs, the kernel, PostgreSQL
-    # Of server_seconds, what the store's writer processes (receiver.store_child) used.
+    # Of server_seconds, what the store's writer processes (receiver.store.child) used.
     writer_seconds: float = 0.0
 
 
@@ -96,7 +96,7 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     """Call ``run`` and account for the CPU time the machine spent meanwhile. The server is
     ``pid`` and the processes under it when the run starts (its workers, if it has any)."""
     server_pids = process_tree(pid)
-    writer_pids = [p for p in server_pids if b"receiver.store_child" in _cmdline(p)]
+    writer_pids = [p for p in server_pids if b"receiver.store.child" in _cmdline(p)]
 
     def store_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in store_pids)

@@ -19,7 +19,8 @@ For each store it
    taken round-robin (e.g. the first page of 20 random jobs, 50 rounds); 2 untimed warm-up rounds
    also check the answers. Each time is the full exchange as a client sees it (the body read);
 4. stops the server (VmHWM read first), then runs the SQL the server runs for the page and job
-   queries, captured from ``receiver.queries`` itself, under ``EXPLAIN QUERY PLAN`` (SQLite) or
+   queries, captured from ``receiver.store.queries`` itself, under ``EXPLAIN QUERY PLAN`` (SQLite)
+   or
    ``EXPLAIN (ANALYZE, BUFFERS)`` (PostgreSQL), and times each statement alone.
 
 The targets (issue: query performance): ``GET /v1/events?job_id=..&limit=100`` median <= 10 ms on
@@ -64,8 +65,9 @@ from procs import Server, free_port
 from seed import Spec, database_url, ensure_seeded
 from sqlalchemy.engine import Connection, Engine
 
-from receiver import jobs, queries
-from receiver.store import create_engine_for, sqlite_path
+from receiver.crosscheck import jobs
+from receiver.store import queries
+from receiver.store.writer import create_engine_for, sqlite_path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -462,7 +464,7 @@ def _job_view_label(sql: str, params: Any) -> str:
 
 
 def collect_statements(engine: Engine, spec: Spec, plan: Plan) -> list[Statement]:
-    """The SQL behind the page and job queries, as ``receiver.queries`` builds it."""
+    """The SQL behind the page and job queries, as ``receiver.store.queries`` builds it."""
     job = plan.jobs[0]
     calls: list[tuple[str, Callable[[Connection], Any]]] = [
         ("job page, first", lambda c: queries.list_events(c, job_id=job, limit=100)),

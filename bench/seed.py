@@ -7,15 +7,18 @@ Run by hand, never by CI, from the project root:
     .venv/bin/python bench/seed.py /tmp/small.db --events 100000 --jobs 100 --big-job-events 0
 
 The database is created when missing (a PostgreSQL database on the named server, trust auth
-assumed) and migrated with ``receiver.migrate.upgrade``. It then gets ``--events`` deliveries and
+assumed) and migrated with ``receiver.store.migrate.upgrade``. It then gets ``--events`` deliveries
+and
 their events (default 1,000,000) spread evenly over ``--jobs`` jobs (1,000) in ``--rooms`` rooms
 (100), plus one "big" job with ``--big-job-events`` events (10,000) for the job-view benchmark.
 
 What the rows look like, as the receiver itself would have stored them:
 
-* Bodies are built with ``receiver.events.encode`` (compact JSON, ``message`` as JSON text, the
+* Bodies are built with ``receiver.protocol.events.encode`` (compact JSON, ``message`` as JSON
+text, the
   sequence number as a string as in the document's example); the stored ``message`` is what
-  ``receiver.events.decode`` makes of it (checked on a sample of rows before anything is written).
+  ``receiver.protocol.events.decode`` makes of it (checked on a sample of rows before anything is
+  written).
 * Each job is a live stream of 6 to 18 hours starting somewhere in a 30-day span (the big job:
   48 hours in the middle), so about 17 jobs are live at a time and their events interleave. Ids and
   ``received_at`` increase together, as they do when live traffic is committed.
@@ -23,10 +26,12 @@ What the rows look like, as the receiver itself would have stored them:
   live), and in between sends about 60 % SHOOT_SCRIPT_SWITCH, 35 % REPLY_COMMAND_FINISH and 5 %
   RTMP_STREAM_STATE_CHANGE (``RECONNECTING``/``CONNECTED``, with an ``output_url`` and a
   ``stream_key``).
-* ``dedup_key`` is computed as ``receiver.store.dedup_key_for`` does; ``headers`` is ``{}`` and
+* ``dedup_key`` is computed as ``receiver.store.writer.dedup_key_for`` does; ``headers`` is ``{}``
+and
   ``query`` is ``[]``.
 
-Rows go in with SQLAlchemy Core ``executemany`` on the tables of ``receiver.models``, ``--chunk``
+Rows go in with SQLAlchemy Core ``executemany`` on the tables of ``receiver.store.models``,
+``--chunk``
 deliveries and their events per transaction (5,000), with explicit ids (so an event needs no
 round trip to learn its delivery's id); PostgreSQL's id sequences are moved past them afterwards
 and the tables are ``VACUUM ANALYZE``d, the state autovacuum would reach on its own. SQLite gets
@@ -57,11 +62,11 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from receiver.events import EventType, decode, encode
-from receiver.ids import id_key
-from receiver.migrate import upgrade
-from receiver.models import Delivery, DeliveryStatus, Event
-from receiver.store import create_engine_for, sqlite_path
+from receiver.protocol.events import EventType, decode, encode
+from receiver.protocol.ids import id_key
+from receiver.store.migrate import upgrade
+from receiver.store.models import Delivery, DeliveryStatus, Event
+from receiver.store.writer import create_engine_for, sqlite_path
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
@@ -72,7 +77,7 @@ SPAN_SECONDS = 30 * 86400
 JOB_HOURS = (6.0, 18.0)
 BIG_JOB_HOURS = 48.0
 OUTPUT_URL = "rtmp://live.example.com/app"
-CHECKED_ROWS = 2000  # rows compared with receiver.events.decode before anything is written
+CHECKED_ROWS = 2000  # rows compared with receiver.protocol.events.decode before anything is written
 
 Log = Callable[[str], None]
 

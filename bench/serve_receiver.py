@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Any
 
-from receiver import store
 from receiver.cli import main
+from receiver.store import writer as store
 
 
 def _record_batches_at_stop(path: str) -> None:

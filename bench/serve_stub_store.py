@@ -20,10 +20,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from receiver import store
 from receiver.cli import main
-from receiver.store import WriteOutcome
-from receiver.store_write import delivery_of
+from receiver.store import writer as store
+from receiver.store.write import delivery_of
+from receiver.store.writer import WriteOutcome
 
 _ids = itertools.count(1)
 

@@ -18,10 +18,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
 from receiver.config import settings_from_mapping
-from receiver.migrate import upgrade
+from receiver.store.migrate import upgrade
 from receiver.testing import CallbackFactory
+from receiver.web.app import create_app
 
 EXPORT = Path(__file__).with_name("export-sample.jsonl")
 JOB_ID = "c81e728d9d4c4f6ab1f3e2d4c5b6a798"

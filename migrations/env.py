@@ -1,7 +1,7 @@
 """Alembic environment: the schema's history for SQLite and PostgreSQL.
 
 The connection comes from ``config.attributes["connection"]`` when the project runs migrations
-itself (``receiver.migrate``), else from RECEIVER_DATABASE_URL or the default SQLite file.
+itself (``receiver.store.migrate``), else from RECEIVER_DATABASE_URL or the default SQLite file.
 On PostgreSQL an advisory lock makes replicas that start together migrate one at a time.
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from receiver.config import DEFAULT_DATABASE_URL
-from receiver.models import metadata
+from receiver.store.models import metadata
 
 # Any fixed 64-bit number; replicas agree on it, nothing else in the database uses it.
 MIGRATION_LOCK = 0x6D73_7276_6D69_6772

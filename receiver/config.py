@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from receiver.errors import ConfigError
-from receiver.signing import AuthType, SignedUri, TimeUnit, VerifyPolicy
+from receiver.protocol.signing import AuthType, SignedUri, TimeUnit, VerifyPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///receiver.db"
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -114,13 +114,13 @@ class Settings:
     # Deliveries waiting for the writer beyond this are refused with 503 at once.
     store_max_pending: int = 20000
     # Where the store's writer runs: "process" (a child process, so the database driver never
-    # waits for the event loop's interpreter lock: receiver.store_process) or "thread".
+    # waits for the event loop's interpreter lock: receiver.store.process) or "thread".
     store_writer: str = "process"
     # A request's line and headers must arrive within this many seconds, and then its body
     # within as many again; a client slower than that is answered 408 and cut off, so a
     # byte-a-second sender cannot hold a connection.
     client_timeout_seconds: float = 10.0
-    # ``serve`` worker processes on one port (more than one needs PostgreSQL: receiver.serving).
+    # ``serve`` worker processes on one port (more than one needs PostgreSQL: receiver.web.serving).
     workers: int = 1
 
     def endpoint(self, name: str) -> EndpointSettings | None:

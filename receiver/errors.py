@@ -23,7 +23,7 @@
         ├── MetaStudioAuthError      401/403 (MSS.00000001): it refused our credentials
         └── MetaStudioUnavailable    500s, time-outs, unreachable, after bounded retries
 
-Only ``receiver.api`` turns these into HTTP answers (``{"error_code", "error_msg"}``).
+Only ``receiver.web.api`` turns these into HTTP answers (``{"error_code", "error_msg"}``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Prometheus metrics (``GET /metrics``), one registry per app so that tests stay apart.
 
 Under ``serve --workers N`` every worker is a process of its own, and a scrape reaches one of
-them. There, receiver.serving sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
+them. There, receiver.web.serving sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
 prometheus_client then keeps every worker's values in files in that folder, and ``/metrics``
 answers the sum over all workers (counters, histograms), or the lowest value of the workers
 alive (``receiver_store_up``: 0 as soon as one worker cannot reach the store).

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
 from receiver.config import Settings, settings_from_mapping
-from receiver.migrate import upgrade
-from receiver.signing import AuthType
-from receiver.store import DELIVERIES, create_engine_for
+from receiver.protocol.signing import AuthType
+from receiver.store.migrate import upgrade
+from receiver.store.writer import DELIVERIES, create_engine_for
 from receiver.testing import sign_request
+from receiver.web.app import create_app
 
 # The cross-check world (fake MetaStudio on loopback, intake on a migrated store) for every module.
 pytest_plugins = ["crosscheck_world"]

@@ -18,17 +18,17 @@ import sqlalchemy as sa
 from conftest import KEY, REGISTERED, endpoint_table
 from starlette.testclient import TestClient
 
-from receiver import queries
-from receiver.app import build_crosschecker, create_app
 from receiver.config import Settings, settings_from_mapping
-from receiver.crosscheck_run import CrossChecker, RunReport
-from receiver.ids import api_form
-from receiver.metastudio import MetaStudioJobs
-from receiver.models import JobSnapshot
-from receiver.signing import AuthType
-from receiver.store import create_engine_for
+from receiver.crosscheck.metastudio import MetaStudioJobs
+from receiver.crosscheck.run import CrossChecker, RunReport
+from receiver.fake_metastudio import server as fm
+from receiver.protocol.ids import api_form
+from receiver.protocol.signing import AuthType
+from receiver.store import queries
+from receiver.store.models import JobSnapshot
+from receiver.store.writer import create_engine_for
 from receiver.testing import encode, sign_request
-from receiver.testing import fake_metastudio as fm
+from receiver.web.app import build_crosschecker, create_app
 
 HOST = "https://hooks.example.com"
 ENV = {"HUAWEICLOUD_SDK_AK": fm.DEFAULT_AK, "HUAWEICLOUD_SDK_SK": fm.DEFAULT_SK}

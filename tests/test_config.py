@@ -22,7 +22,7 @@ from receiver.config import (
     settings_from_mapping,
 )
 from receiver.errors import ConfigError, ReceiverError
-from receiver.signing import AuthType, SignedUri, TimeUnit
+from receiver.protocol.signing import AuthType, SignedUri, TimeUnit
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/receiver"
 # AK/SK of [metastudio] come from the environment only (PRODUCT.md "Configuration").

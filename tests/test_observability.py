@@ -16,10 +16,10 @@ from conftest import KEY, OLD_KEY, REGISTERED, endpoint_table, make_settings
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
 from receiver.observability import RequestIdFilter
-from receiver.signing import AuthType
+from receiver.protocol.signing import AuthType
 from receiver.testing import encode, sign_request
+from receiver.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-token"}
 HOST = "https://hooks.example.com"

@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
 
     from receiver.config import EndpointSettings
-    from receiver.events import encode
-    from receiver.replay import ReplayReport
-    from receiver.sender import (
+    from receiver.fake_metastudio.server import FakeMetaStudio, fake_job, serve_fake
+    from receiver.protocol.events import encode
+    from receiver.protocol.signing import sign_request
+    from receiver.tools.replay import ReplayReport
+    from receiver.tools.sender import (
         Answer,
         SignedCallback,
         build_callback,
@@ -47,8 +49,6 @@ if TYPE_CHECKING:
         deliver_async,
         retarget,
     )
-    from receiver.signing import sign_request
-    from receiver.testing.fake_metastudio import FakeMetaStudio, fake_job, serve_fake
 
 __all__ = [
     "DEFAULT_KEY",
@@ -73,18 +73,18 @@ __all__ = [
 
 # Loaded on first use (PEP 562), so that the pytest plugin costs nothing at start-up.
 _LAZY = {
-    "Answer": "receiver.sender",
-    "SignedCallback": "receiver.sender",
-    "build_callback": "receiver.sender",
-    "deliver": "receiver.sender",
-    "deliver_async": "receiver.sender",
-    "retarget": "receiver.sender",
-    "sign_request": "receiver.signing",
-    "encode": "receiver.events",
-    "ReplayReport": "receiver.replay",
-    "FakeMetaStudio": "receiver.testing.fake_metastudio",
-    "fake_job": "receiver.testing.fake_metastudio",
-    "serve_fake": "receiver.testing.fake_metastudio",
+    "Answer": "receiver.tools.sender",
+    "SignedCallback": "receiver.tools.sender",
+    "build_callback": "receiver.tools.sender",
+    "deliver": "receiver.tools.sender",
+    "deliver_async": "receiver.tools.sender",
+    "retarget": "receiver.tools.sender",
+    "sign_request": "receiver.protocol.signing",
+    "encode": "receiver.protocol.events",
+    "ReplayReport": "receiver.tools.replay",
+    "FakeMetaStudio": "receiver.fake_metastudio.server",
+    "fake_job": "receiver.fake_metastudio.server",
+    "serve_fake": "receiver.fake_metastudio.server",
 }
 
 
@@ -138,7 +138,7 @@ class CallbackFactory:
     ) -> SignedCallback:
         """One signed callback; keyword ``changes`` override this factory's fields once
         (e.g. ``key="wrong"``, ``message_as="object"``)."""
-        from receiver.sender import build_callback
+        from receiver.tools.sender import build_callback
 
         bound = replace(self, **changes) if changes else self
         return build_callback(
@@ -192,8 +192,8 @@ class CallbackFactory:
         return table
 
     def deliver(self, callback: SignedCallback, *, to: str | None = None, **options: Any) -> Answer:
-        """Shortcut for :func:`receiver.sender.deliver`."""
-        from receiver.sender import deliver
+        """Shortcut for :func:`receiver.tools.sender.deliver`."""
+        from receiver.tools.sender import deliver
 
         return deliver(callback, to=to, **options)
 
@@ -216,7 +216,7 @@ class FakeMetaStudioServer:
 
     def add_job(self, **overrides: Any) -> dict[str, Any]:
         """Add a realistic job (``fake_job(**overrides)``) and return it."""
-        from receiver.testing.fake_metastudio import fake_job
+        from receiver.fake_metastudio.server import fake_job
 
         return self.fake.add_job(fake_job(**overrides))
 
@@ -243,7 +243,7 @@ class FakeMetaStudioServer:
 
 class RunningApp:
     """An ASGI app with its lifespan started, on an event loop in a background thread, so sync
-    code (a test, :func:`receiver.replay.replay`) can deliver to it in-process.
+    code (a test, :func:`receiver.tools.replay.replay`) can deliver to it in-process.
 
     ``with RunningApp(create_app(settings)) as running: running.send(callback)``. Give
     ``lifespan=False`` when the app already runs (e.g. inside a ``TestClient`` block).
@@ -285,7 +285,7 @@ class RunningApp:
 
     def send(self, callback: SignedCallback) -> Answer:
         """Deliver one callback to the app and return its answer."""
-        from receiver.sender import deliver_async
+        from receiver.tools.sender import deliver_async
 
         if self._client is None:
             raise RuntimeError("RunningApp is not started: use it in a with block")
@@ -294,7 +294,7 @@ class RunningApp:
     async def _open_client(self) -> httpx2.AsyncClient:
         import httpx2
 
-        from receiver.sender import USER_AGENT
+        from receiver.tools.sender import USER_AGENT
 
         return httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=self.app),
@@ -404,11 +404,11 @@ def replay_file(
     starlette's ``TestClient``). What to sign for: an ``endpoint`` of the receiver's settings,
     or ``registered_url`` / ``auth_type`` / ``key`` / ``signed_uri`` / ``time_unit`` (defaults:
     :data:`DEFAULT_REGISTERED_URL`, MSS_A, :data:`DEFAULT_KEY`, host_path_query, seconds).
-    Other ``options`` go to :func:`receiver.replay.replay` (``pace``, ``start_after``,
+    Other ``options`` go to :func:`receiver.tools.replay.replay` (``pace``, ``start_after``,
     ``keep_going``, ``source``, ``stop``, ``progress``, ...); ``retries`` defaults to 0 here.
     """
-    from receiver.replay import ReplayTarget, read_export, replay
-    from receiver.sender import deliver
+    from receiver.tools.replay import ReplayTarget, read_export, replay
+    from receiver.tools.sender import deliver
 
     if sum(x is not None for x in (app, base_url, client)) != 1:
         raise ValueError("give exactly one of app, base_url or client")

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from receiver.replay import ReplayReport
     from receiver.testing import CallbackFactory, FakeMetaStudioServer
+    from receiver.tools.replay import ReplayReport
 
 _INI = {
     "metastudio_registered_url": "registered_url",
@@ -66,8 +66,8 @@ def metastudio_callback(pytestconfig: pytest.Config) -> CallbackFactory:
 
 @pytest.fixture(scope="session")
 def _metastudio_fake_server() -> Iterator[FakeMetaStudioServer]:
+    from receiver.fake_metastudio import server as fakes
     from receiver.testing import FakeMetaStudioServer
-    from receiver.testing import fake_metastudio as fakes
 
     fake = fakes.FakeMetaStudio(
         project_id=fakes.DEFAULT_PROJECT_ID,

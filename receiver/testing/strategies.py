@@ -16,8 +16,8 @@ from urllib.parse import quote, urlencode
 
 from hypothesis import strategies as st
 
-from receiver.events import KNOWN_EVENT_TYPES
-from receiver.signing import SECRET_HEADER, TIME_HEADER
+from receiver.protocol.events import KNOWN_EVENT_TYPES
+from receiver.protocol.signing import SECRET_HEADER, TIME_HEADER
 
 KNOWN_TYPES = sorted(KNOWN_EVENT_TYPES)
 no_surrogates = st.characters(exclude_categories=["Cs"])
@@ -54,7 +54,7 @@ storable_values = st.recursive(
     max_leaves=16,
 )
 # MetaStudio's own spellings of one id (32 hex digits in callbacks, dashed in its job query API,
-# receiver.ids), in either case, beside any other text and numbers.
+# receiver.protocol.ids), in either case, beside any other text and numbers.
 metastudio_ids = st.uuids().flatmap(
     lambda u: st.sampled_from([u.hex, str(u), u.hex.upper(), str(u).upper()])
 )

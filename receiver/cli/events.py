@@ -1,0 +1,122 @@
+"""``events`` and ``export``: what the query API answers, from the shell, read from the store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import orjson
+
+from receiver.config import load_settings
+from receiver.store import queries
+from receiver.store.writer import create_engine_for
+
+
+def add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file (default: env RECEIVER_CONFIG)")
+    parser.add_argument("--endpoint")
+    parser.add_argument("--room-id")
+    parser.add_argument("--job-id")
+    parser.add_argument("--event-type", help="comma-separated event types")
+    parser.add_argument("--since", help="RFC 3339, on received time")
+    parser.add_argument("--until", help="RFC 3339, on received time")
+
+
+def filters_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The store filters of ``add_filters``, checked as the query API checks them."""
+    return {
+        "endpoint": queries.parse_text("endpoint", args.endpoint),
+        "room_id": queries.parse_text("room_id", args.room_id),
+        "job_id": queries.parse_text("job_id", args.job_id),
+        "event_types": queries.parse_list("event_type", args.event_type),
+        "since": queries.parse_time("since", args.since),
+        "until": queries.parse_time("until", args.until),
+    }
+
+
+def _summary(event: Mapping[str, Any]) -> str:
+    message = event["message"]
+    if event["event_type"] == "RTMP_STREAM_STATE_CHANGE":
+        return f"state={message.get('state')}"
+    if event["event_type"] == "SHOOT_SCRIPT_SWITCH":
+        return f"#{message.get('shoot_script_sequence_no')} {message.get('shoot_script_title')}"
+    if event["event_type"] == "REPLY_COMMAND_FINISH":
+        return f"reply_id={message.get('reply_id')}"
+    return orjson.dumps(message).decode()[:60]
+
+
+def print_table(events: list[dict[str, Any]], out: TextIO) -> None:
+    columns = ("id", "received_at", "endpoint", "event_type", "job_id", "summary")
+    rows = [
+        (
+            str(e["id"]),
+            e["received_at"],
+            e["endpoint"],
+            e["event_type"],
+            e["job_id"] or "-",
+            _summary(e),
+        )
+        for e in events
+    ]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    header = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    out.write(header.rstrip() + "\n")
+    for row in rows:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def cmd_events(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = load_settings(path=args.config, environ=environ)
+    engine = create_engine_for(settings.database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            page = queries.list_events(
+                conn,
+                **filters_from(args),
+                limit=queries.parse_limit(args.limit),
+                cursor=args.cursor,
+            )
+    finally:
+        engine.dispose()
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps({"events": page.items, "next_cursor": page.next_cursor}).decode() + "\n"
+        )
+    else:
+        print_table(page.items, sys.stdout)
+        if page.next_cursor:
+            print(f"more: --cursor {page.next_cursor}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = load_settings(path=args.config, environ=environ)
+    engine = create_engine_for(settings.database_url, pool_size=1)
+    out: TextIO = sys.stdout if args.output in (None, "-") else open(args.output, "w")  # noqa: SIM115
+    count = 0
+    try:
+        with engine.connect() as conn:
+            for record in queries.export_events(conn, **filters_from(args)):
+                out.write(orjson.dumps(record).decode() + "\n")
+                count += 1
+    finally:
+        engine.dispose()
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+def register(commands: Any) -> None:
+    events = commands.add_parser("events", help="list stored events (as GET /v1/events)")
+    add_filters(events)
+    events.add_argument("--limit", help="1-1000, default 100")
+    events.add_argument("--cursor")
+    events.add_argument("--json", action="store_true", help="the API's JSON answer")
+    events.set_defaults(run=cmd_events)
+    export = commands.add_parser("export", help="stored events with original bytes, JSON Lines")
+    add_filters(export)
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.set_defaults(run=cmd_export)

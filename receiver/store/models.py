@@ -1,0 +1,216 @@
+"""The tables (SQLModel), and nothing else.
+
+Every column names its SQL type explicitly so that the Alembic migrations in ``migrations/`` say
+the same thing on SQLite and PostgreSQL, and ``alembic check`` can hold them to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+# Named here too: queries and tests import it with the tables.
+from receiver.store.statuses import DeliveryStatus as DeliveryStatus
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always UTC-aware in Python (SQLite keeps no zone of its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# JSONB on PostgreSQL (indexable, compact); JSON text on SQLite.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class Delivery(SQLModel, table=True):
+    """One verified callback as received.
+
+    ``stored`` and ``undecodable`` rows keep the raw body; a ``duplicate`` row records that an
+    identical delivery came again (``duplicate_of`` points at the original) without a second copy.
+    ``dedup_key`` (sha256 of endpoint, signing time and body) is unique: the database, not a
+    read-then-write, decides which of two simultaneous copies is the original.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # No index on duplicate_of: nothing looks rows up by it, and each index is paid for on
+        # every insert of the hot path (migration 0004).
+        sa.Index("ix_deliveries_status_id", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    dedup_key: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(64), nullable=True, unique=True)
+    )
+    duplicate_of: int | None = Field(
+        default=None,
+        sa_column=sa.Column(BigId, sa.ForeignKey("deliveries.id"), nullable=True),
+    )
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    signed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    key_index: int | None = Field(default=None, sa_column=sa.Column(sa.SmallInteger()))
+    time_unit: str | None = Field(default=None, sa_column=sa.Column(sa.String(16)))
+    body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary()))
+    body_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    body_size: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    headers: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    query: list[Any] = Field(default_factory=list, sa_column=sa.Column(Json, nullable=False))
+    remote_addr: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+
+
+class Event(SQLModel, table=True):
+    """The decoded event of a stored delivery (one per delivery)."""
+
+    __tablename__ = "events"
+    # Each selective filter of GET /v1/events is an equality on a leading column followed by the
+    # id order, so one index answers a page by reading only that page's rows (keyset pagination).
+    # An endpoint filter has none: endpoints are few, so its rows are dense in the id order.
+    # Rooms and jobs are looked up by their key (``receiver.protocol.ids``: one form for the two
+    # spellings
+    # MetaStudio uses); room_id and job_id keep the spelling that was received, for answers.
+    __table_args__ = (
+        sa.Index("ix_events_job_key_id", "job_key", "id"),
+        sa.Index("ix_events_job_key_event_type_id", "job_key", "event_type", "id"),
+        sa.Index("ix_events_room_key_id", "room_key", "id"),
+        sa.Index("ix_events_event_type_id", "event_type", "id"),
+        sa.Index("ix_events_received_at", "received_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    delivery_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("deliveries.id"), nullable=False, unique=True)
+    )
+    endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    event_type: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    room_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    signed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    message: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    message_encoding: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    extra: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+
+
+class Rejection(SQLModel, table=True):
+    """A refused callback: why, from where, and enough of the body to recognise it.
+
+    Every column is bounded, and the table is pruned to a maximum number of rows, so a flood of
+    forged requests cannot fill the disk (see ``receiver.store.rejections``).
+    """
+
+    __tablename__ = "rejections"
+    __table_args__ = (
+        sa.Index("ix_rejections_endpoint_id", "endpoint", "id"),
+        sa.Index("ix_rejections_reason_id", "reason", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    reason: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    error_code: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    detail: str = Field(sa_column=sa.Column(sa.String(300), nullable=False))
+    remote_addr: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    clock_skew_seconds: float | None = Field(default=None, sa_column=sa.Column(sa.Float()))
+    body_size: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    body_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    body_prefix: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    suppressed_before: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer(), nullable=False, server_default="0")
+    )
+
+
+class JobSnapshot(SQLModel, table=True):
+    """A live job as MetaStudio's job query API returned it (every field, kept as returned).
+
+    A new row is written when the job's data changes; an unchanged job only moves ``fetched_at``.
+    job_id and room_id are MetaStudio's spelling; the keys are what lookups use
+    (``receiver.protocol.ids``).
+    """
+
+    __tablename__ = "job_snapshots"
+    __table_args__ = (
+        sa.Index("ix_job_snapshots_job_key_id", "job_key", "id"),
+        sa.Index("ix_job_snapshots_room_key_id", "room_key", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    job_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    job_key: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_key: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    state: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    data_sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    first_fetched_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    fetched_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class Finding(SQLModel, table=True):
+    """One condition the cross-check found, kept once (``fingerprint`` is unique): seen first and
+    last at, how often, and resolved when the condition cleared (reopened if it comes back).
+    room_id and job_id are spelled as received; the keys are what lookups use
+    (``receiver.protocol.ids``)."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        sa.Index("ix_findings_job_key_id", "job_key", "id"),
+        sa.Index("ix_findings_room_key_id", "room_key", "id"),
+        sa.Index("ix_findings_kind_id", "kind", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    fingerprint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    kind: str = Field(sa_column=sa.Column(sa.String(48), nullable=False))
+    room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    room_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    job_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
+    detail: str = Field(sa_column=sa.Column(sa.String(1000), nullable=False))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+    first_seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    resolved_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    occurrences: int = Field(default=1, sa_column=sa.Column(sa.Integer(), nullable=False))
+    # POST /v1/findings/{id}/ack: "ack" (handled; comes back if the condition clears and
+    # returns) or "mute" (stays out of the open list), who, when, why. Open = neither resolved
+    # nor acknowledged.
+    ack_action: str | None = Field(default=None, sa_column=sa.Column(sa.String(8)))
+    acked_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(160)))
+    acked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    ack_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+
+
+metadata = SQLModel.metadata

@@ -1,0 +1,156 @@
+"""create_app(settings): the Starlette application. Its lifespan owns the store, the writer,
+the rejection log and the read engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from receiver.config import Settings
+from receiver.crosscheck.run import CrossChecker
+from receiver.intake.endpoint import ReceiverApp, callback_endpoint
+from receiver.metrics import Metrics
+from receiver.observability import RequestIdMiddleware
+from receiver.store.rejections import RejectionLog
+from receiver.store.writer import create_engine_for, open_writer
+from receiver.web import api, live
+from receiver.web.console import routes as console
+from receiver.web.runtime import Runtime, build_crosschecker
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("receiver.app")
+
+
+async def _every(interval: float, checker: CrossChecker) -> None:
+    """The periodic cross-check. A failed run is logged and the next one comes anyway."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await checker.run()
+        except Exception:
+            log.exception("the periodic cross-check failed; trying again in %g s", interval)
+            continue
+        if report.skipped:
+            log.debug("cross-check skipped: %s", report.skipped)
+        else:
+            log.info(
+                "cross-check: %d room(s), %d failed, %d finding(s) opened, %d resolved",
+                report.rooms_checked,
+                report.rooms_failed,
+                report.findings_opened,
+                report.findings_resolved,
+            )
+
+
+def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Also call ``callback`` (on the event loop) when SIGTERM or SIGINT arrives, before the
+    handler already in place (uvicorn's, which then waits for open requests to finish). Returns
+    what puts the previous handlers back. Nothing happens off the main thread (TestClient)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.default_int_handler(signum, frame) if signum == signal.SIGINT else sys.exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, before)
+
+    return restore
+
+
+def create_app(settings: Settings) -> ReceiverApp:
+    """The receiver as an ASGI app. The schema must already be migrated
+    (``receiver.store.migrate``)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics = Metrics()
+        writer = open_writer(
+            settings.database_url,
+            writer=settings.store_writer,
+            max_batch=settings.store_batch_max,
+            max_pending=settings.store_max_pending,
+            timeout=settings.store_timeout_seconds,
+        )
+        writer.on_batch = metrics.observe_batch
+        reader = create_engine_for(settings.database_url)
+        rejections = RejectionLog(reader, on_suppressed=metrics.rejections_unlogged.inc)
+        app.state.runtime = Runtime(
+            settings=settings,
+            writer=writer,
+            reader=reader,
+            rejections=rejections,
+            metrics=metrics,
+            endpoints={endpoint.name: endpoint for endpoint in settings.endpoints},
+        )
+        runtime = app.state.runtime
+        restore = _on_stop_signal(runtime.closing.set)
+        source = None
+        if settings.metastudio is not None:
+            runtime.crosschecker, source = build_crosschecker(settings, reader)
+            runtime.crosschecker.on_outcome = metrics.crosscheck_outcome
+        await writer.start()
+        await rejections.start()
+        periodic = None
+        if runtime.crosschecker is not None and settings.metastudio is not None:
+            interval = settings.metastudio.crosscheck_interval_seconds
+            if interval > 0:
+                periodic = asyncio.create_task(_every(interval, runtime.crosschecker))
+        try:
+            yield
+        finally:
+            runtime.closing.set()
+            restore()
+            if periodic is not None:
+                periodic.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await periodic
+            await rejections.stop()
+            await writer.stop()
+            if source is not None:
+                source.close()
+            reader.dispose()
+
+    app = ReceiverApp(
+        # POST /callbacks/{name} is answered by ReceiverApp before routing; the route stays for
+        # a 405 on other methods, and for requests under a root_path.
+        routes=[
+            Route("/callbacks/{name}", callback_endpoint, methods=["POST"]),
+            # Before /v1/events/{event_id}, which would take "stream" for an id.
+            Route("/v1/events/stream", live.stream_events, methods=["GET"]),
+            *api.routes,
+            *console.routes,
+        ],
+        exception_handlers=api.exception_handlers,
+        middleware=[Middleware(RequestIdMiddleware)],
+        lifespan=lifespan,
+    )
+    # /callbacks/shop-a/ is not an endpoint: a 404 in the error shape, not a 307 elsewhere.
+    app.router.redirect_slashes = False
+    return app
