@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,17 @@ def test_ruff(command: tuple[str, ...]) -> None:
 def test_mypy_strict() -> None:
     done = run(sys.executable, "-m", "mypy")  # files and strictness: pyproject.toml
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_package_is_shipped() -> None:
+    """pyproject.toml lists the packages by hand (migrations are mapped in from outside
+    receiver/); a package missing there would be left out of the wheel and the image."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "receiver").rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
+    assert {p for p in listed if not p.startswith("receiver.migrations")} <= on_disk
