@@ -67,7 +67,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from receiver.crosscheck import jobs
 from receiver.store import queries
-from receiver.store.writer import create_engine_for, sqlite_path
+from receiver.store.driver import sqlite_path
+from receiver.store.writer import create_engine_for
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

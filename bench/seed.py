@@ -26,7 +26,7 @@ text, the
   live), and in between sends about 60 % SHOOT_SCRIPT_SWITCH, 35 % REPLY_COMMAND_FINISH and 5 %
   RTMP_STREAM_STATE_CHANGE (``RECONNECTING``/``CONNECTED``, with an ``output_url`` and a
   ``stream_key``).
-* ``dedup_key`` is computed as ``receiver.store.writer.dedup_key_for`` does; ``headers`` is ``{}``
+* ``dedup_key`` is computed as ``receiver.store.incoming.dedup_key_for`` does; ``headers`` is ``{}``
 and
   ``query`` is ``[]``.
 
@@ -64,9 +64,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from receiver.protocol.events import EventType, decode, encode
 from receiver.protocol.ids import id_key
+from receiver.store.driver import sqlite_path
 from receiver.store.migrate import upgrade
 from receiver.store.models import Delivery, DeliveryStatus, Event
-from receiver.store.writer import create_engine_for, sqlite_path
+from receiver.store.writer import create_engine_for
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]

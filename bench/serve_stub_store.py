@@ -22,8 +22,7 @@ from typing import Any
 
 from receiver.cli import main
 from receiver.store import writer as store
-from receiver.store.write import delivery_of
-from receiver.store.writer import WriteOutcome
+from receiver.store.incoming import WriteOutcome, delivery_of
 
 _ids = itertools.count(1)
 

@@ -26,14 +26,7 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
 
 def filters_from(args: argparse.Namespace) -> dict[str, Any]:
     """The store filters of ``add_filters``, checked as the query API checks them."""
-    return {
-        "endpoint": queries.parse_text("endpoint", args.endpoint),
-        "room_id": queries.parse_text("room_id", args.room_id),
-        "job_id": queries.parse_text("job_id", args.job_id),
-        "event_types": queries.parse_list("event_type", args.event_type),
-        "since": queries.parse_time("since", args.since),
-        "until": queries.parse_time("until", args.until),
-    }
+    return queries.event_filters(vars(args))
 
 
 def _summary(event: Mapping[str, Any]) -> str:

@@ -3,7 +3,7 @@
 The order matters: the signature is checked before anything of the body is parsed (it covers the
 URL and the time, not the body: signing-notes.md), and a correctly signed body that does not
 decode is still stored, as ``undecodable``, before it is refused, so nothing verified is lost.
-The decoding itself happens where the rows are built (receiver.store.write.delivery_of): in the
+The decoding itself happens where the rows are built (receiver.store.incoming.delivery_of): in the
 store's writer process by default, off the event loop.
 """
 
@@ -18,8 +18,7 @@ from urllib.parse import parse_qsl
 from receiver.config import EndpointSettings
 from receiver.errors import UndecodableStored
 from receiver.protocol.signing import verify
-from receiver.store.write import Fields
-from receiver.store.writer import WriteOutcome
+from receiver.store.incoming import Fields, WriteOutcome
 
 # Headers worth keeping with a delivery (what sent it, how, through which proxies). Credentials
 # (x-hw-mss-secret, authorization, cookies) are never among them.
@@ -64,7 +63,7 @@ async def receive(
 ) -> Receipt:
     """Verify, decode and store one callback. Raises SignatureError, UndecodableStored or
     StoreUnavailable; returns only once the delivery is committed. The body is decoded by the
-    writer, where it builds the rows (receiver.store.write.delivery_of): nothing is parsed
+    writer, where it builds the rows (receiver.store.incoming.delivery_of): nothing is parsed
     before the signature has been checked."""
     verified = verify(policy=endpoint.policy(), query_string=query_string, headers=headers, now=now)
     if on_verified is not None and verified.skew_seconds is not None:

@@ -1,9 +1,11 @@
 """The durable store: every delivery committed before it is answered, and read back.
 
-``models`` and ``statuses`` (the tables), ``write`` (a delivery's rows and dedup key),
-``writer`` (group commit, from the event loop), ``driver``/``process``/``child`` (the connection
-that commits, in a writer process by default), ``queries`` and ``views`` (the read side),
-``rejections`` (refused requests, masked), ``migrate`` (Alembic from code).
+``models`` and ``statuses`` (the tables), ``incoming`` (a delivery and its dedup key), ``rows``
+and ``write`` (its rows, and a batch of them committed), ``group_commit`` (batches, from the
+event loop), ``driver``/``process``/``child`` (the connection that commits, in a writer process
+by default), ``writer`` (opening the store: an engine, and the writer), ``queries``, ``paging``
+and ``views`` (the read side), ``rejections`` (refused requests, masked), ``migrate`` (Alembic
+from code).
 
 Importing this package loads nothing: the writer process imports ``receiver.store.child``
 without SQLAlchemy.

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from receiver.errors import StoreUnavailable
-from receiver.store.write import Fields, delivery_of
+from receiver.store.incoming import Fields, delivery_of
 
 if TYPE_CHECKING:
     from receiver.store.driver import Store

@@ -1,8 +1,8 @@
 """The writer's own database connection: one batch in one transaction, through the driver.
 
 :class:`Store` holds a sqlite3 or psycopg connection of its own (never SQLAlchemy's pool) and
-is used by one thread only: the group-commit writer's (receiver.store.writer), or the main thread of
-the store's writer process (receiver.store.process). It turns what the driver raises into
+is used by one thread only: the group-commit writer's (receiver.store.group_commit), or the main
+thread of the store's writer process (receiver.store.child). It turns what the driver raises into
 StoreUnavailable (the connection, the file) or RowRefused (one row), and checks on SQLite that
 the database file it commits into is still the database.
 
@@ -21,14 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from receiver.errors import StoreUnavailable
-from receiver.store.write import (
-    IncomingDelivery,
-    Rows,
-    WriteOutcome,
-    prepare,
-    write_postgres,
-    write_sqlite,
-)
+from receiver.store.incoming import IncomingDelivery, WriteOutcome
+from receiver.store.rows import Rows, prepare
+from receiver.store.write import write_postgres, write_sqlite
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -232,7 +227,7 @@ class Store:
         self._in_transaction(lambda cur: cur.execute("SELECT 1"))
 
     def prepare(self, item: IncomingDelivery) -> Rows:
-        """The rows of one delivery for this store's driver (receiver.store.write.prepare)."""
+        """The rows of one delivery for this store's driver (receiver.store.rows.prepare)."""
         return prepare(item, sqlite=self._sqlite_path is not None)
 
     def write_batch(

@@ -11,7 +11,8 @@ from alembic import command
 from alembic.config import Config
 
 from receiver.errors import StoreUnavailable
-from receiver.store.writer import create_engine_for, sqlite_path
+from receiver.store.driver import sqlite_path
+from receiver.store.writer import create_engine_for
 
 # Alembic's migration context is module-global: one migration at a time in a process. Between
 # processes (replicas starting together) migrations/env.py takes a PostgreSQL advisory lock.

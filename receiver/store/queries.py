@@ -1,22 +1,17 @@
-"""The read side: filtered, keyset-paginated queries over what was stored.
+"""The read side: what was stored, filtered, in keyset pages (receiver.store.paging).
 
-Pages are ordered by id. Ids are handed out in commit order (on PostgreSQL the write transaction
-holds an advisory lock while it allocates them, see ``store.py``; SQLite has one writer at a
-time), so an event committed after a page was read always has a larger id than every event on
-that page: following ``next_cursor`` sees every event exactly once while new ones arrive.
-
-A cursor is opaque to clients: base64url of ``v1.<last id>.<filter digest>``. It is refused (400)
-when it is malformed or was issued for other filters.
+The ``parse_*`` functions check filters as the query API and the command line take them. Each
+list names its filters once, in a :class:`Listing` of the column and comparison each narrows by;
+the same names make up its cursor, so a cursor issued for other filters is refused. Also here:
+the live stream's reads, acknowledging a finding, and the export record.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
+import operator
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from receiver.errors import NotFound, QueryError
-from receiver.protocol.ids import id_key, optional_key
+from receiver.protocol.ids import optional_key
 from receiver.store.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, Rejection
+from receiver.store.paging import Listing, Page, matching, page
 from receiver.store.views import delivery_json, event_json, finding_json, iso, rejection_json
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
@@ -33,7 +29,6 @@ DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 REJECTIONS = Rejection.__table__  # type: ignore[attr-defined]
 FINDINGS = Finding.__table__  # type: ignore[attr-defined]
 SNAPSHOTS = JobSnapshot.__table__  # type: ignore[attr-defined]
-FINDING_STATUSES = ("open", "acknowledged", "muted", "resolved", "all")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -43,12 +38,6 @@ EXPORT_FORMAT = "metastudio-receiver/export/v1"
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[dict[str, Any]]
-    next_cursor: str | None
 
 
 # -- parameters --------------------------------------------------------------------------------
@@ -100,53 +89,115 @@ def parse_list(name: str, value: str | None) -> list[str] | None:
     return items
 
 
-def encode_cursor(last_id: int, filters: Mapping[str, Any]) -> str:
-    raw = f"v1.{last_id}.{_digest(filters)}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# A filter's parser: (its name, its text or None when not given) -> the store query's value.
+Parser = Callable[[str, str | None], Any]
+
+# The event filters, by the names the query API and the command line give them, each with its
+# parser, in the order they are checked (the first error is the answer). list_events and
+# export_events take event_type as event_types.
+EVENT_FILTERS: dict[str, Parser] = {
+    "endpoint": parse_text,
+    "room_id": parse_text,
+    "job_id": parse_text,
+    "event_type": parse_list,
+    "since": parse_time,
+    "until": parse_time,
+}
+KEYWORDS = {"event_type": "event_types"}
 
 
-def decode_cursor(cursor: str | None, filters: Mapping[str, Any]) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        if len(cursor) > 200:
-            raise ValueError
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        version, last_id, digest = raw.split(".")
-        if version != "v1" or not last_id.isdigit() or len(last_id) > 19:
-            raise ValueError
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise QueryError("cursor: not a cursor this API issued") from None
-    if digest != _digest(filters):
-        raise QueryError("cursor: was issued for other filters; start again without it")
-    return int(last_id)
+def event_filters(given: Mapping[str, str | None]) -> dict[str, Any]:
+    """list_events' and export_events' filter arguments, from the filters as given (text)."""
+    return {
+        KEYWORDS.get(name, name): parse(name, given.get(name))
+        for name, parse in EVENT_FILTERS.items()
+    }
 
 
-def _digest(filters: Mapping[str, Any]) -> str:
-    canonical = repr(sorted((k, repr(v)) for k, v in filters.items() if v is not None))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+# -- the lists ---------------------------------------------------------------------------------
 
 
-# -- rendering ---------------------------------------------------------------------------------
+def _one_of(column: Any, values: Sequence[str]) -> Any:
+    return column.in_(list(values))
 
 
-def _page(
-    conn: Connection,
-    query: sa.Select[Any],
-    id_column: sa.ColumnElement[int],
+_EVENTS = Listing(
+    EVENTS.c.id,
+    {
+        "endpoint": (EVENTS.c.endpoint, operator.eq),
+        "room_id": (EVENTS.c.room_key, operator.eq),
+        "job_id": (EVENTS.c.job_key, operator.eq),
+        "event_type": (EVENTS.c.event_type, _one_of),
+        "since": (EVENTS.c.received_at, operator.ge),
+        "until": (EVENTS.c.received_at, operator.le),
+    },
+    event_json,
+)
+_DELIVERIES = Listing(
+    DELIVERIES.c.id,
+    {
+        "status": (DELIVERIES.c.status, operator.eq),
+        "endpoint": (DELIVERIES.c.endpoint, operator.eq),
+        "since": (DELIVERIES.c.received_at, operator.ge),
+        "until": (DELIVERIES.c.received_at, operator.le),
+    },
+    delivery_json,
+)
+_REJECTIONS = Listing(
+    REJECTIONS.c.id,
+    {
+        "endpoint": (REJECTIONS.c.endpoint, operator.eq),
+        "reason": (REJECTIONS.c.reason, operator.eq),
+        "since": (REJECTIONS.c.received_at, operator.ge),
+    },
+    rejection_json,
+)
+_FINDINGS = Listing(
+    FINDINGS.c.id,
+    {
+        "room_id": (FINDINGS.c.room_key, operator.eq),
+        "job_id": (FINDINGS.c.job_key, operator.eq),
+        "kind": (FINDINGS.c.kind, operator.eq),
+    },
+    finding_json,
+)
+
+
+def _acked(action: str) -> tuple[Any, ...]:
+    """Unresolved, and acknowledged with ``action`` (ack or mute)."""
+    unresolved, acked = FINDINGS.c.resolved_at.is_(None), FINDINGS.c.acked_at.is_not(None)
+    return unresolved, acked, FINDINGS.c.ack_action == action
+
+
+# A finding's status is not one column: the conditions of each.
+_FINDING_STATES: dict[str, tuple[Any, ...]] = {
+    "open": (FINDINGS.c.resolved_at.is_(None), FINDINGS.c.acked_at.is_(None)),
+    "acknowledged": _acked("ack"),
+    "muted": _acked("mute"),
+    "resolved": (FINDINGS.c.resolved_at.is_not(None),),
+    "all": (),
+}
+FINDING_STATUSES = tuple(_FINDING_STATES)
+
+
+def _event_filters(
     *,
-    limit: int,
-    after: int | None,
-    filters: Mapping[str, Any],
-    render: Any,
-) -> Page:
-    if after is not None:
-        query = query.where(id_column > after)
-    rows = conn.execute(query.order_by(id_column).limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = encode_cursor(rows[-1].id, filters) if more and rows else None
-    return Page([render(row) for row in rows], cursor)
+    endpoint: str | None,
+    room_id: str | None,
+    job_id: str | None,
+    event_types: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> dict[str, Any]:
+    # By the ids' keys: a cursor issued for either spelling of an id serves both.
+    return {
+        "endpoint": endpoint,
+        "room_id": optional_key(room_id),
+        "job_id": optional_key(job_id),
+        "event_type": tuple(event_types) if event_types else None,
+        "since": since,
+        "until": until,
+    }
 
 
 def list_events(
@@ -161,18 +212,7 @@ def list_events(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page:
-    # A cursor names the filters by their keys: one issued for either spelling serves both.
-    filters = {
-        "endpoint": endpoint,
-        "room_id": optional_key(room_id),
-        "job_id": optional_key(job_id),
-        "event_type": tuple(event_types) if event_types else None,
-        "since": since,
-        "until": until,
-    }
-    after = decode_cursor(cursor, filters)
-    query = _filtered_events(
-        sa.select(EVENTS),
+    filters = _event_filters(
         endpoint=endpoint,
         room_id=room_id,
         job_id=job_id,
@@ -180,34 +220,7 @@ def list_events(
         since=since,
         until=until,
     )
-    return _page(
-        conn, query, EVENTS.c.id, limit=limit, after=after, filters=filters, render=event_json
-    )
-
-
-def _filtered_events(
-    query: sa.Select[Any],
-    *,
-    endpoint: str | None,
-    room_id: str | None,
-    job_id: str | None,
-    event_types: Sequence[str] | None,
-    since: datetime | None,
-    until: datetime | None,
-) -> sa.Select[Any]:
-    if endpoint is not None:
-        query = query.where(EVENTS.c.endpoint == endpoint)
-    if room_id is not None:
-        query = query.where(EVENTS.c.room_key == id_key(room_id))
-    if job_id is not None:
-        query = query.where(EVENTS.c.job_key == id_key(job_id))
-    if event_types:
-        query = query.where(EVENTS.c.event_type.in_(list(event_types)))
-    if since is not None:
-        query = query.where(EVENTS.c.received_at >= since)
-    if until is not None:
-        query = query.where(EVENTS.c.received_at <= until)
-    return query
+    return page(conn, _EVENTS, sa.select(EVENTS), filters, limit=limit, cursor=cursor)
 
 
 def get_event(conn: Connection, event_id: int) -> dict[str, Any] | None:
@@ -228,30 +241,13 @@ def list_deliveries(
     if status is not None and status not in DeliveryStatus.ALL:
         raise QueryError(f"status: must be one of {', '.join(DeliveryStatus.ALL)}")
     filters = {"status": status, "endpoint": endpoint, "since": since, "until": until}
-    after = decode_cursor(cursor, filters)
     query = sa.select(*DELIVERIES.c, EVENTS.c.id.label("event_id")).select_from(
         DELIVERIES.outerjoin(
             EVENTS,
             EVENTS.c.delivery_id == sa.func.coalesce(DELIVERIES.c.duplicate_of, DELIVERIES.c.id),
         )
     )
-    if status is not None:
-        query = query.where(DELIVERIES.c.status == status)
-    if endpoint is not None:
-        query = query.where(DELIVERIES.c.endpoint == endpoint)
-    if since is not None:
-        query = query.where(DELIVERIES.c.received_at >= since)
-    if until is not None:
-        query = query.where(DELIVERIES.c.received_at <= until)
-    return _page(
-        conn,
-        query,
-        DELIVERIES.c.id,
-        limit=limit,
-        after=after,
-        filters=filters,
-        render=delivery_json,
-    )
+    return page(conn, _DELIVERIES, query, filters, limit=limit, cursor=cursor)
 
 
 def list_rejections(
@@ -264,23 +260,7 @@ def list_rejections(
     cursor: str | None = None,
 ) -> Page:
     filters = {"endpoint": endpoint, "reason": reason, "since": since}
-    after = decode_cursor(cursor, filters)
-    query = sa.select(REJECTIONS)
-    if endpoint is not None:
-        query = query.where(REJECTIONS.c.endpoint == endpoint)
-    if reason is not None:
-        query = query.where(REJECTIONS.c.reason == reason)
-    if since is not None:
-        query = query.where(REJECTIONS.c.received_at >= since)
-    return _page(
-        conn,
-        query,
-        REJECTIONS.c.id,
-        limit=limit,
-        after=after,
-        filters=filters,
-        render=rejection_json,
-    )
+    return page(conn, _REJECTIONS, sa.select(REJECTIONS), filters, limit=limit, cursor=cursor)
 
 
 def list_findings(
@@ -295,35 +275,15 @@ def list_findings(
 ) -> Page:
     if status not in FINDING_STATUSES:
         raise QueryError(f"status: must be one of {', '.join(FINDING_STATUSES)}")
-    room_key, job_key = optional_key(room_id), optional_key(job_id)
-    filters = {"room_id": room_key, "job_id": job_key, "kind": kind, "status": status}
-    after = decode_cursor(cursor, filters)
-    query = sa.select(FINDINGS)
-    if room_key is not None:
-        query = query.where(FINDINGS.c.room_key == room_key)
-    if job_key is not None:
-        query = query.where(FINDINGS.c.job_key == job_key)
-    if kind is not None:
-        query = query.where(FINDINGS.c.kind == kind)
-    if status == "open":
-        query = query.where(FINDINGS.c.resolved_at.is_(None), FINDINGS.c.acked_at.is_(None))
-    elif status in ("acknowledged", "muted"):
-        action = "ack" if status == "acknowledged" else "mute"
-        query = query.where(
-            FINDINGS.c.resolved_at.is_(None),
-            FINDINGS.c.acked_at.is_not(None),
-            FINDINGS.c.ack_action == action,
-        )
-    elif status == "resolved":
-        query = query.where(FINDINGS.c.resolved_at.is_not(None))
-    return _page(
-        conn,
-        query,
-        FINDINGS.c.id,
-        limit=limit,
-        after=after,
-        filters=filters,
-        render=finding_json,
+    filters = {
+        "room_id": optional_key(room_id),
+        "job_id": optional_key(job_id),
+        "kind": kind,
+        "status": status,
+    }
+    also = _FINDING_STATES[status]
+    return page(
+        conn, _FINDINGS, sa.select(FINDINGS), filters, limit=limit, cursor=cursor, also=also
     )
 
 
@@ -338,12 +298,8 @@ def events_after(
     """Events with an id above ``after``, oldest first (the live stream, /v1/events/stream).
     Ids are handed out in commit order (receiver.store.write), so reading past the last id seen
     never skips an event that commits late."""
-    query = sa.select(EVENTS).where(EVENTS.c.id > after)
-    room_key, job_key = optional_key(room_id), optional_key(job_id)
-    if room_key is not None:
-        query = query.where(EVENTS.c.room_key == room_key)
-    if job_key is not None:
-        query = query.where(EVENTS.c.job_key == job_key)
+    keys = {"room_id": optional_key(room_id), "job_id": optional_key(job_id)}
+    query = matching(sa.select(EVENTS).where(EVENTS.c.id > after), keys, _EVENTS.tests)
     rows = conn.execute(query.order_by(EVENTS.c.id).limit(limit))
     return [event_json(row) for row in rows]
 
@@ -383,16 +339,20 @@ def export_events(
     This is the JSON Lines record of ``metastudio-receiver export``, read back by ``replay``. It
     holds the raw body, stream key included: export files are as secret as the database.
     """
-    base = _filtered_events(
-        sa.select(
-            *EVENTS.c, DELIVERIES.c.body, DELIVERIES.c.headers.label("delivery_headers")
-        ).select_from(EVENTS.join(DELIVERIES, DELIVERIES.c.id == EVENTS.c.delivery_id)),
+    filters = _event_filters(
         endpoint=endpoint,
         room_id=room_id,
         job_id=job_id,
         event_types=event_types,
         since=since,
         until=until,
+    )
+    base = matching(
+        sa.select(
+            *EVENTS.c, DELIVERIES.c.body, DELIVERIES.c.headers.label("delivery_headers")
+        ).select_from(EVENTS.join(DELIVERIES, DELIVERIES.c.id == EVENTS.c.delivery_id)),
+        filters,
+        _EVENTS.tests,
     )
     after = 0
     while True:

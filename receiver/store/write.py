@@ -1,10 +1,9 @@
-"""One batch of deliveries written through the database driver itself (sqlite3 or psycopg).
+"""One batch of deliveries committed through the database driver itself (sqlite3 or psycopg).
 
 This is the hot path: every acknowledged callback goes through it, so it skips the ORM and
-SQLAlchemy's per-row parameter processing and sends prepared, fixed-shape statements with rows
-built once (orjson for JSON columns). The tables are those of ``receiver.store.models``; the value
-formats are the ones SQLAlchemy reads back (SQLite datetimes as ``YYYY-MM-DD HH:MM:SS.ffffff``
-UTC text, JSON as text; PostgreSQL ``timestamptz`` and ``jsonb``).
+SQLAlchemy's per-row parameter processing and sends prepared, fixed-shape statements with the
+rows built once beforehand (receiver.store.rows). The tables are those of
+``receiver.store.models``.
 
 Duplicates are decided by the database: ``deliveries.dedup_key`` is unique, rows go in with
 ``ON CONFLICT DO NOTHING``, and a key that did not come back belongs to a row that another
@@ -13,121 +12,13 @@ transaction (another batch, another replica) committed first.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from receiver.errors import DecodeError, StoreUnavailable
-from receiver.protocol.events import Event as DecodedEvent
-from receiver.protocol.events import decode
-from receiver.protocol.ids import id_key
+from receiver.errors import StoreUnavailable
+from receiver.store.incoming import IncomingDelivery, WriteOutcome
+from receiver.store.rows import Rows, prepare, receipt_values
 from receiver.store.statuses import DeliveryStatus
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingDelivery:
-    """A verified delivery, ready to store. ``event`` is None when the body did not decode."""
-
-    endpoint: str
-    body: bytes
-    received_at: datetime
-    signed_at: datetime | None
-    key_index: int | None
-    time_unit: str | None
-    headers: dict[str, str]
-    query: list[tuple[str, str]]
-    remote_addr: str | None
-    event: DecodedEvent | None
-    error: str | None = None
-    dedup_key: str = field(default="")
-    body_sha256: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if not self.body_sha256:
-            object.__setattr__(self, "body_sha256", hashlib.sha256(self.body).hexdigest())
-        if not self.dedup_key:
-            object.__setattr__(self, "dedup_key", dedup_key_for(self))
-
-
-def dedup_key_for(item: IncomingDelivery) -> str:
-    """Same endpoint, same signing time, same body: the same delivery.
-
-    Without a signing time (auth_type NONE) nothing tells a retry from a new event with the same
-    content (an RTMP state can repeat), so such deliveries get a unique key and are all kept.
-    """
-    if item.signed_at is None:
-        return "u:" + os.urandom(16).hex()
-    stamp = round(item.signed_at.timestamp() * 1000)
-    text = f"{item.endpoint}\n{stamp}\n{item.body_sha256 or hashlib.sha256(item.body).hexdigest()}"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    result: str  # "stored" | "duplicate"
-    status: str  # status of the original delivery: "stored" | "undecodable"
-    delivery_id: int
-    event_id: int | None
-    error: str | None = None  # why this delivery's body did not decode (set by write_fields)
-
-
-Fields = tuple[
-    str,
-    bytes,
-    datetime,
-    "datetime | None",
-    "int | None",
-    "str | None",
-    dict[str, str],
-    list[tuple[str, str]],
-    "str | None",
-]
-"""A verified request as intake hands it to the writer, not yet decoded: endpoint, body,
-received_at, signed_at, key_index, time_unit, kept headers, kept query, remote_addr."""
-
-
-def fields_of(item: IncomingDelivery) -> Fields:
-    """The request ``item`` was built from (delivery_of's argument)."""
-    return (
-        item.endpoint,
-        item.body,
-        item.received_at,
-        item.signed_at,
-        item.key_index,
-        item.time_unit,
-        item.headers,
-        item.query,
-        item.remote_addr,
-    )
-
-
-def delivery_of(fields: Fields) -> IncomingDelivery:
-    """Decode a verified request's body and build the delivery to store. Run where the rows are
-    built: on the event loop for the thread writer, in the writer process otherwise."""
-    endpoint, body, received_at, signed_at, key_index, time_unit, headers, query, remote = fields
-    try:
-        event, error = decode(body), None
-    except DecodeError as exc:
-        event, error = None, exc.message
-    return IncomingDelivery(
-        endpoint=endpoint,
-        body=body,
-        received_at=received_at,
-        signed_at=signed_at,
-        key_index=key_index,
-        time_unit=time_unit,
-        headers=headers,
-        query=query,
-        remote_addr=remote,
-        event=event,
-        error=error,
-    )
-
 
 # Any fixed 64-bit number (migrations/env.py and crosscheck_run use others).
 COMMIT_ORDER_LOCK = 0x6D73_7276_6964_7331
@@ -158,87 +49,6 @@ _EXISTING = (
     "SELECT d.dedup_key, d.id, d.status, e.id FROM deliveries d "
     "LEFT JOIN events e ON e.delivery_id = d.id WHERE d.dedup_key IN "
 )
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    # isoformat is several times faster than strftime, and gives the same text here.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-Rows = tuple[list[Any], list[Any] | None]
-"""One delivery's values, built once: its ``deliveries`` row, and its ``events`` row (the
-delivery id, index 0, still to fill in) or None when the body did not decode."""
-
-
-def prepare(item: IncomingDelivery, *, sqlite: bool) -> Rows:
-    """The rows of ``item``, built on the caller's thread (the event loop's, at intake), so the
-    writer thread spends its time in the driver rather than in Python."""
-    if not sqlite:
-        item = _pg_safe(item)
-    stamp = _sqlite_time if sqlite else _same
-    received, signed = stamp(item.received_at), stamp(item.signed_at)
-    delivery = _delivery_values(item, received, signed)
-    event = None if item.event is None else _event_values(item, received, signed)
-    return delivery, event
-
-
-def _delivery_values(item: IncomingDelivery, received: Any, signed: Any) -> list[Any]:
-    return [
-        item.endpoint,
-        DeliveryStatus.STORED if item.event is not None else DeliveryStatus.UNDECODABLE,
-        item.dedup_key,
-        None,
-        received,
-        signed,
-        item.key_index,
-        item.time_unit,
-        item.body,
-        item.body_sha256,
-        len(item.body),
-        _json(item.headers),
-        _json([list(pair) for pair in item.query]),
-        # From X-Forwarded-For when a trusted proxy sets it: any length, the column holds 64.
-        item.remote_addr[:64] if item.remote_addr else item.remote_addr,
-        item.error[:500] if item.error else None,
-    ]
-
-
-def _receipt_values(delivery: list[Any], original_id: int) -> list[Any]:
-    values = list(delivery)
-    values[1] = DeliveryStatus.DUPLICATE
-    values[2] = None  # dedup_key: only the original holds it
-    values[3] = original_id
-    values[8] = None  # body: stored once, with the original
-    return values
-
-
-def _event_values(item: IncomingDelivery, received: Any, signed: Any) -> list[Any]:
-    event = item.event
-    assert event is not None
-    return [
-        None,  # delivery_id: known once the delivery row is in
-        item.endpoint,
-        event.event_type,
-        event.room_id,
-        event.job_id,
-        None if event.room_id is None else id_key(event.room_id),
-        None if event.job_id is None else id_key(event.job_id),
-        received,
-        signed,
-        _json(event.message),
-        event.message_encoding,
-        _json(event.extra),
-    ]
-
-
-def _same(value: datetime | None) -> datetime | None:
-    return value
 
 
 def write_sqlite(
@@ -353,7 +163,7 @@ def write_postgres(
 ) -> list[WriteOutcome]:
     """In an open transaction. Replicas take turns: the advisory lock lasts until this
     transaction commits, so ids are handed out in commit order, every id a reader can see is
-    below every id still uncommitted, and keyset pages (receiver.store.queries) never skip an event
+    below every id still uncommitted, and keyset pages (receiver.store.paging) never skip an event
     that commits late. The same order also rules out deadlocks between replicas."""
     if rows is None:
         rows = [prepare(item, sqlite=False) for item in items]
@@ -437,55 +247,5 @@ def _outcomes(
             outcome = found
         outcomes.append(outcome)
         if outcome.result == "duplicate":
-            receipts.append(_receipt_values(rows[index][0], outcome.delivery_id))
+            receipts.append(receipt_values(rows[index][0], outcome.delivery_id))
     return outcomes, receipts
-
-
-def _no_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nul(v) for v in value]
-    return value
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def _pg_safe(item: IncomingDelivery) -> IncomingDelivery:
-    """PostgreSQL text and JSONB cannot hold U+0000; the raw body (bytea) keeps the exact bytes.
-
-    The decoded values are searched, not the body's bytes: JSON can spell U+0000 without the
-    bytes ``\\u0000`` (an escaped backslash and an escaped "u" inside the message string)."""
-    event = item.event
-    values: list[Any] = [item.query, item.headers, item.error]
-    if event is not None:
-        values += [event.event_type, event.room_id, event.job_id, event.message, event.extra]
-    if not _has_nul(values):
-        return item
-    if event is not None:
-        event = replace(
-            event,
-            event_type=_no_nul(event.event_type),
-            room_id=_no_nul(event.room_id),
-            job_id=_no_nul(event.job_id),
-            message=_no_nul(event.message),
-            extra=_no_nul(event.extra),
-        )
-    return replace(
-        item,
-        event=event,
-        query=_no_nul(item.query),
-        headers=_no_nul(item.headers),
-        error=_no_nul(item.error),
-        dedup_key=item.dedup_key,
-    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Set
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +28,7 @@ from receiver.errors import (
 from receiver.intake.bodies import read_body
 from receiver.intake.responses import JSON
 from receiver.store import queries
+from receiver.store.paging import Page
 from receiver.web.console.sessions import (
     COOKIE,
     CSRF_HEADER,
@@ -145,20 +146,7 @@ async def ack_finding(request: Request) -> Response:
     return JSON(finding)
 
 
-_KNOWN_PARAMS = {
-    "events": {"endpoint", "room_id", "job_id", "event_type", "since", "until", "limit", "cursor"},
-    "deliveries": {"status", "endpoint", "since", "until", "limit", "cursor"},
-    "rejections": {"endpoint", "reason", "since", "limit", "cursor"},
-    "job": {"limit", "cursor"},
-    "findings": {"room_id", "job_id", "kind", "status", "limit", "cursor"},
-}
-
-
-def _params(request: Request, kind: str) -> dict[str, str]:
-    return known_params(request, _KNOWN_PARAMS[kind])
-
-
-def known_params(request: Request, allowed: set[str]) -> dict[str, str]:
+def known_params(request: Request, allowed: Set[str]) -> dict[str, str]:
     """The query's parameters, each at most once, none but ``allowed``."""
     found: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -172,21 +160,78 @@ def known_params(request: Request, allowed: set[str]) -> dict[str, str]:
     return found
 
 
-async def list_events(request: Request) -> Response:
+def _limit(_name: str, value: str | None) -> int:
+    return queries.parse_limit(value)
+
+
+def _as_given(_name: str, value: str | None) -> str | None:
+    return value
+
+
+def _finding_status(_name: str, value: str | None) -> str:
+    return "all" if value is None else value  # checked by queries.list_findings
+
+
+_PAGING: dict[str, queries.Parser] = {"limit": _limit, "cursor": _as_given}
+# Each list's parameters and their parsers, in the order they are checked (the first error is
+# the answer), and the store query that answers it. A parameter is passed to the query under
+# its own name, but for those in queries.KEYWORDS.
+_LISTS: dict[str, tuple[Callable[..., Page], dict[str, queries.Parser]]] = {
+    "events": (
+        queries.list_events,
+        {**queries.EVENT_FILTERS, **_PAGING},
+    ),
+    "deliveries": (
+        queries.list_deliveries,
+        {
+            "status": queries.parse_text,
+            "endpoint": queries.parse_text,
+            "since": queries.parse_time,
+            "until": queries.parse_time,
+            **_PAGING,
+        },
+    ),
+    "rejections": (
+        queries.list_rejections,
+        {
+            "endpoint": queries.parse_text,
+            "reason": queries.parse_text,
+            "since": queries.parse_time,
+            **_PAGING,
+        },
+    ),
+    "findings": (
+        queries.list_findings,
+        {
+            "room_id": queries.parse_text,
+            "job_id": queries.parse_text,
+            "kind": queries.parse_text,
+            "status": _finding_status,
+            **_PAGING,
+        },
+    ),
+}
+
+
+async def _list(
+    request: Request, name: str, *, before: Callable[[Runtime], Awaitable[None]] | None = None
+) -> Response:
+    """One page of the list ``name`` (a key of _LISTS), as ``{name: [...], "next_cursor"}``;
+    ``before`` runs once the parameters are checked, before the store is read."""
     rt = authorize(request)
-    p = _params(request, "events")
-    kwargs: dict[str, Any] = {
-        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
-        "room_id": queries.parse_text("room_id", p.get("room_id")),
-        "job_id": queries.parse_text("job_id", p.get("job_id")),
-        "event_types": queries.parse_list("event_type", p.get("event_type")),
-        "since": queries.parse_time("since", p.get("since")),
-        "until": queries.parse_time("until", p.get("until")),
-        "limit": queries.parse_limit(p.get("limit")),
-        "cursor": p.get("cursor"),
+    read, parsers = _LISTS[name]
+    p = known_params(request, parsers.keys())
+    kwargs = {
+        queries.KEYWORDS.get(key, key): parse(key, p.get(key)) for key, parse in parsers.items()
     }
-    page = await read_store(rt, lambda conn: queries.list_events(conn, **kwargs))
-    return JSON({"events": page.items, "next_cursor": page.next_cursor})
+    if before is not None:
+        await before(rt)
+    page = await read_store(rt, lambda conn: read(conn, **kwargs))
+    return JSON({name: page.items, "next_cursor": page.next_cursor})
+
+
+async def list_events(request: Request) -> Response:
+    return await _list(request, "events")
 
 
 async def get_event(request: Request) -> Response:
@@ -204,7 +249,7 @@ async def get_job(request: Request) -> Response:
     rt = authorize(request)
     job_id = queries.parse_text("job_id", request.path_params["job_id"])
     assert job_id is not None
-    p = _params(request, "job")
+    p = known_params(request, _PAGING.keys())  # a job's timeline is paged as the lists are
     limit = queries.parse_limit(p.get("limit"), default=1000, high=queries.MAX_TIMELINE)
     view = await read_store(
         rt, lambda conn: jobs.job_view(conn, job_id, limit=limit, cursor=p.get("cursor"))
@@ -215,48 +260,15 @@ async def get_job(request: Request) -> Response:
 
 
 async def list_deliveries(request: Request) -> Response:
-    rt = authorize(request)
-    p = _params(request, "deliveries")
-    kwargs: dict[str, Any] = {
-        "status": queries.parse_text("status", p.get("status")),
-        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
-        "since": queries.parse_time("since", p.get("since")),
-        "until": queries.parse_time("until", p.get("until")),
-        "limit": queries.parse_limit(p.get("limit")),
-        "cursor": p.get("cursor"),
-    }
-    page = await read_store(rt, lambda conn: queries.list_deliveries(conn, **kwargs))
-    return JSON({"deliveries": page.items, "next_cursor": page.next_cursor})
+    return await _list(request, "deliveries")
 
 
 async def list_rejections(request: Request) -> Response:
-    rt = authorize(request)
-    p = _params(request, "rejections")
-    kwargs: dict[str, Any] = {
-        "endpoint": queries.parse_text("endpoint", p.get("endpoint")),
-        "reason": queries.parse_text("reason", p.get("reason")),
-        "since": queries.parse_time("since", p.get("since")),
-        "limit": queries.parse_limit(p.get("limit")),
-        "cursor": p.get("cursor"),
-    }
-    await rt.rejections.flush()
-    page = await read_store(rt, lambda conn: queries.list_rejections(conn, **kwargs))
-    return JSON({"rejections": page.items, "next_cursor": page.next_cursor})
+    return await _list(request, "rejections", before=lambda rt: rt.rejections.flush())
 
 
 async def list_findings(request: Request) -> Response:
-    rt = authorize(request)
-    p = _params(request, "findings")
-    kwargs: dict[str, Any] = {
-        "room_id": queries.parse_text("room_id", p.get("room_id")),
-        "job_id": queries.parse_text("job_id", p.get("job_id")),
-        "kind": queries.parse_text("kind", p.get("kind")),
-        "status": p.get("status", "all"),
-        "limit": queries.parse_limit(p.get("limit")),
-        "cursor": p.get("cursor"),
-    }
-    page = await read_store(rt, lambda conn: queries.list_findings(conn, **kwargs))
-    return JSON({"findings": page.items, "next_cursor": page.next_cursor})
+    return await _list(request, "findings")
 
 
 async def run_crosscheck(request: Request) -> Response:

@@ -18,8 +18,8 @@ from receiver.crosscheck.rules import Policy
 from receiver.crosscheck.run import CrossChecker
 from receiver.errors import NotConfigured, StoreUnavailable
 from receiver.metrics import Metrics
+from receiver.store.group_commit import GroupCommitWriter
 from receiver.store.rejections import RejectionLog
-from receiver.store.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
     from receiver.crosscheck.metastudio import MetaStudioJobs

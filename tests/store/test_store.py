@@ -20,17 +20,12 @@ import pytest
 import sqlalchemy as sa
 
 from receiver.errors import StoreUnavailable
+from receiver.store.driver import Store
+from receiver.store.group_commit import GroupCommitWriter
+from receiver.store.incoming import IncomingDelivery, WriteOutcome, delivery_of
 from receiver.store.migrate import upgrade
-from receiver.store.write import Rows, delivery_of, prepare
-from receiver.store.writer import (
-    DELIVERIES,
-    EVENTS,
-    GroupCommitWriter,
-    IncomingDelivery,
-    Store,
-    WriteOutcome,
-    create_engine_for,
-)
+from receiver.store.rows import Rows, prepare
+from receiver.store.writer import DELIVERIES, EVENTS, create_engine_for
 from receiver.testing import encode
 
 SIGNED = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)

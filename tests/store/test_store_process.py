@@ -22,15 +22,10 @@ from test_store import body_for, incoming
 
 from receiver.errors import StoreUnavailable
 from receiver.store.driver import target_of
+from receiver.store.incoming import WriteOutcome
 from receiver.store.migrate import upgrade
-from receiver.store.writer import (
-    DELIVERIES,
-    ChildStore,
-    ProcessCommitWriter,
-    WriteOutcome,
-    create_engine_for,
-    open_writer,
-)
+from receiver.store.process import ChildStore, ProcessCommitWriter
+from receiver.store.writer import DELIVERIES, create_engine_for, open_writer
 from receiver.testing import encode
 
 
@@ -322,10 +317,10 @@ def test_stop_commits_what_is_still_queued(db_url: str) -> None:
 def test_batches_are_bounded_in_bytes(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Big bodies split into several batches (one message each way per batch must stay far
     from the socket framing's 2 GiB and from memory); every one is still stored."""
-    import receiver.store.writer
+    import receiver.store.process
 
     upgrade(sqlite_url)
-    monkeypatch.setattr(receiver.store.writer, "MAX_BATCH_BYTES", 3000)
+    monkeypatch.setattr(receiver.store.process, "MAX_BATCH_BYTES", 3000)
     bodies = [body_for(n, padding="x" * 1000) for n in range(20)]
 
     async def main() -> list[int]:
