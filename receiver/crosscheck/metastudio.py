@@ -15,6 +15,8 @@ metastudio-list-smart-live-jobs.txt). ``MetaStudioJobs.list_room_jobs`` pages th
   ``error_code`` and the request id, and never the AK, SK or token.
 
 Never imports the store: what to do with the jobs is ``receiver.crosscheck.rules``'s business.
+Whatever knows the SDK's types (client, credentials, request, answer, failures) is in
+``metastudio_sdk``; this module decides what to ask, how often, and what to keep.
 """
 
 from __future__ import annotations
@@ -23,33 +25,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.client import ClientBuilder
-from huaweicloudsdkcore.exceptions.exceptions import (
-    ClientRequestException,
-    ConnectionException,
-    RequestTimeoutException,
-    ServerResponseException,
-)
-from huaweicloudsdkcore.http.http_config import HttpConfig
-from huaweicloudsdkcore.signer.signer import Signer
-from huaweicloudsdkmetastudio.v1 import ListSmartLiveRequest, MetaStudioClient
-from requests.exceptions import RequestException
-
 from receiver.config import MetaStudioSettings
-from receiver.errors import (
-    ConfigError,
-    MetaStudioAuthError,
-    MetaStudioBadRequest,
-    MetaStudioError,
-    MetaStudioUnavailable,
-)
+from receiver.crosscheck import metastudio_sdk
+from receiver.errors import ConfigError, MetaStudioBadRequest
 from receiver.protocol.ids import api_form, id_key
 
 log = logging.getLogger("receiver.metastudio")
@@ -75,48 +58,6 @@ class RoomJobs:
     # a job missing from ``jobs`` is then not evidence that MetaStudio does not know it.
     complete: bool = True
     pages: int = 1
-
-
-class _TokenCredentials(BasicCredentials):  # type: ignore[misc]
-    """IAM token authentication: ``X-Auth-Token`` (Table 3) instead of an AK/SK signature.
-
-    The SDK has no token credential. ``BasicCredentials`` signs with AK/SK, and without them goes
-    looking for STS / ECS-metadata credentials; this subclass only sets the header and builds the
-    request URI the way the signer would (``Signer.process_request_uri``).
-    """
-
-    def __init__(self, token: str, project_id: str) -> None:
-        super().__init__(project_id=project_id)
-        self._token = token
-
-    def process_auth_request(self, request: Any, http_client: Any) -> Future[Any]:
-        done: Future[Any] = Future()
-        done.set_result(self.sign_request(request))
-        return done
-
-    def sign_request(self, request: Any) -> Any:
-        request.header_params["X-Auth-Token"] = self._token
-        Signer.process_request_uri(request)
-        return request
-
-
-class _DirectHttpConfig(HttpConfig):  # type: ignore[misc]
-    """No proxy, whatever HTTP(S)_PROXY / ALL_PROXY say: ``None`` entries make ``requests`` drop
-    the environment's proxies for every scheme (``Session.merge_environment_settings``)."""
-
-    def get_proxy(self) -> dict[str, None]:
-        return {"http": None, "https": None, "all": None}
-
-
-@dataclass(frozen=True, slots=True)
-class _Page:
-    jobs: list[dict[str, Any]]
-    count: int | None
-    request_id: str | None
-
-
-class _BadAnswer(Exception):
-    pass
 
 
 class MetaStudioJobs:
@@ -178,29 +119,14 @@ class MetaStudioJobs:
         # Bumped by invalidate(): an answer whose query started before is not cached.
         self._generation = 0
         self._room_generation: dict[str, int] = {}
-        # The SDK logs every failure at ERROR on a logger of its own that does not propagate;
-        # without a handler Python prints those to stderr. Our errors carry the same facts.
-        sdk_log = logging.getLogger(f"HuaweiCloud-SDK-{MetaStudioClient.__name__}")
-        if not sdk_log.handlers:
-            sdk_log.addHandler(logging.NullHandler())
-        credentials = (
-            _TokenCredentials(token, project_id)
-            if token is not None
-            else BasicCredentials(ak=ak, sk=sk, project_id=project_id)
-        )
-        config = _DirectHttpConfig(
-            timeout=(min(timeout, 5.0), timeout),
-            # The SDK's own retries (urllib3) are off: attempts are made and counted here.
-            retry_times=0,
-            ignore_ssl_verification=not verify_tls,
-        )
-        kinds = f"{BasicCredentials.__name__},{_TokenCredentials.__name__}"
-        self._client: Any = (
-            ClientBuilder(MetaStudioClient, kinds)
-            .with_http_config(config)
-            .with_credentials(credentials)
-            .with_endpoint(self.endpoint)
-            .build()
+        self._client: Any = metastudio_sdk.build_client(
+            endpoint=self.endpoint,
+            project_id=project_id,
+            ak=ak,
+            sk=sk,
+            token=token,
+            timeout=timeout,
+            verify_tls=verify_tls,
         )
 
     @classmethod
@@ -354,86 +280,42 @@ class MetaStudioJobs:
             pages=pages,
         )
 
-    async def _page(self, key: CacheKey, offset: int, deadline: float) -> _Page:
+    async def _page(self, key: CacheKey, offset: int, deadline: float) -> metastudio_sdk.Page:
         room_id, states, since, until = key
         attempt = 0
         while True:
             attempt += 1
-            # Ascending create_time: jobs created while we page land after the pages read.
-            request = ListSmartLiveRequest(
+            request = metastudio_sdk.page_request(
                 room_id=room_id,
                 offset=offset,
                 limit=self.page_limit,
-                state=",".join(states) if states else None,
-                sort_key="create_time",
-                sort_dir="asc",
-                create_since=since,
-                create_until=until,
+                states=states,
+                since=since,
+                until=until,
             )
             self.calls += 1
             try:
                 response = await asyncio.to_thread(self._client.list_smart_live, request)
-                return _read_page(response)
+                return metastudio_sdk.read_page(response)
             except Exception as exc:  # every failure is classified below, none escapes raw
-                error, retryable = self._classify(exc, room_id, attempt)
+                kind, text, retryable = metastudio_sdk.classify(
+                    exc,
+                    room_id=room_id,
+                    attempt=attempt,
+                    timeout=self.timeout,
+                    endpoint=self.endpoint,
+                )
+                error = kind(self._redact(text))
             pause = min(self.backoff * 2 ** (attempt - 1), self.backoff_max)
             if not retryable or attempt > self.retries or time.monotonic() + pause >= deadline:
                 raise error from None
             log.info("MetaStudio room %s: attempt %d failed, retrying: %s", room_id, attempt, error)
             await self._sleep(pause)
 
-    def _classify(self, exc: Exception, room_id: str, attempt: int) -> tuple[MetaStudioError, bool]:
-        what = f"MetaStudio job query for room {room_id!r}"
-        tries = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
-        if isinstance(exc, ClientRequestException | ServerResponseException):
-            status = exc.status_code
-            detail = f"HTTP {status}, {exc.error_code} {exc.error_msg}, request id {exc.request_id}"
-            if status in (401, 403):
-                text = f"{what}: MetaStudio refused the credentials ({detail})"
-                return MetaStudioAuthError(self._redact(text)), False
-            if isinstance(exc, ServerResponseException) or status == 429:
-                return MetaStudioUnavailable(self._redact(f"{what} failed {tries}: {detail}")), True
-            text = f"{what}: MetaStudio refused the query ({detail})"
-            return MetaStudioBadRequest(self._redact(text)), False
-        if isinstance(exc, RequestTimeoutException | ConnectionException | RequestException):
-            reason = str(exc)
-            if "timed out" in reason.lower():
-                text = f"{what} failed {tries}: no answer within {self.timeout:g} s"
-            else:
-                text = f"{what} failed {tries}: cannot reach {self.endpoint}: {reason[:300]}"
-            return MetaStudioUnavailable(self._redact(text)), True
-        if isinstance(exc, _BadAnswer):
-            text = f"{what}: MetaStudio's answer is not a job list: {exc}"
-            return MetaStudioUnavailable(self._redact(text)), False
-        text = f"{what} failed: {type(exc).__name__}: {str(exc)[:300]}"
-        return MetaStudioUnavailable(self._redact(text)), False
-
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _read_page(response: Any) -> _Page:
-    """Table 5 from the raw body: every field as sent, including fields this SDK does not model.
-
-    (The SDK's ``to_dict()`` is deprecated for responses, drops unknown fields and fills absent
-    ones with None; ``to_json_object()`` is the answer itself.)
-    """
-    try:
-        body = response.to_json_object()
-    except ValueError:
-        raise _BadAnswer("the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise _BadAnswer("the body is not a JSON object")
-    jobs = body.get("smart_live_jobs", [])
-    if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
-        raise _BadAnswer("smart_live_jobs is not a list of objects")
-    count = body.get("count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-        raise _BadAnswer(f"count is not a non-negative integer: {count!r}")
-    request_id = getattr(response, "x_request_id", None)
-    return _Page(jobs=jobs, count=count, request_id=request_id if request_id else None)
 
 
 def _cache_key(

@@ -5,12 +5,14 @@ any body while its time window is open. What MetaStudio's own job query API says
 (metastudio-list-smart-live-jobs.txt, Table 6) is what tells a real event from a forged one and a
 healthy livestream from a broken one. Each rule turns a disagreement into a ``Draft`` finding;
 ``receiver.crosscheck.run`` stores them, one per condition, and resolves those that cleared.
+
+Here: the finding kinds, ``Policy``, ``Draft``, and the job rules (one room's jobs against what
+its events say). The rule on deliveries alone (a signature reused) is ``signature_reuse``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -192,11 +194,9 @@ def _window(act: JobActivity, job: Mapping[str, Any], policy: Policy) -> list[Dr
     end = parse_time(job.get("end_time"))
     problems = []
     if start is not None and act.first_at < start - policy.window_skew:
-        problems.append(
-            f"the first event ({_iso(act.first_at)}) is before start_time {_iso(start)}"
-        )
+        problems.append(f"the first event ({iso(act.first_at)}) is before start_time {iso(start)}")
     if end is not None and act.last_at > end + policy.window_skew:
-        problems.append(f"the last event ({_iso(act.last_at)}) is after end_time {_iso(end)}")
+        problems.append(f"the last event ({iso(act.last_at)}) is after end_time {iso(end)}")
     if not problems:
         return []
     return [
@@ -210,8 +210,8 @@ def _window(act: JobActivity, job: Mapping[str, Any], policy: Policy) -> list[Dr
             data={
                 "start_time": job.get("start_time"),
                 "end_time": job.get("end_time"),
-                "first_event_at": _iso(act.first_at),
-                "last_event_at": _iso(act.last_at),
+                "first_event_at": iso(act.first_at),
+                "last_event_at": iso(act.last_at),
             },
         )
     ]
@@ -223,37 +223,34 @@ def _stream_vs_job(
     state = job.get("state")
     if act.rtmp_state is None or act.rtmp_at is None:
         return []
-    data = {"job_state": state, "rtmp_state": act.rtmp_state, "rtmp_at": _iso(act.rtmp_at)}
-    if act.rtmp_state == "END" and state in RUNNING_STATES and now - act.rtmp_at > policy.grace:
-        return [
-            Draft(
-                kind=STREAM_ENDED_JOB_RUNNING,
-                room_id=act.room_id,
-                job_id=act.job_id,
-                event_id=act.rtmp_event_id,
-                detail=f"the stream ENDed at {_iso(act.rtmp_at)} but MetaStudio still says the "
-                f"job is {state}",
-                data=data,
-            )
-        ]
     ended_at = parse_time(job.get("end_time")) or parse_time(job.get("lastupdate_time"))
-    if (
+    if act.rtmp_state == "END" and state in RUNNING_STATES and now - act.rtmp_at > policy.grace:
+        kind = STREAM_ENDED_JOB_RUNNING
+        detail = (
+            f"the stream ENDed at {iso(act.rtmp_at)} but MetaStudio still says the job is {state}"
+        )
+    elif (
         act.rtmp_state == "CONNECTED"
         and state in ENDED_STATES
         and now - max(act.rtmp_at, ended_at or act.rtmp_at) > policy.grace
     ):
-        return [
-            Draft(
-                kind=JOB_ENDED_STREAM_CONNECTED,
-                room_id=act.room_id,
-                job_id=act.job_id,
-                event_id=act.rtmp_event_id,
-                detail=f"MetaStudio says the job is {state} but the stream was last seen "
-                f"CONNECTED ({_iso(act.rtmp_at)}) and never ENDed",
-                data=data,
-            )
-        ]
-    return []
+        kind = JOB_ENDED_STREAM_CONNECTED
+        detail = (
+            f"MetaStudio says the job is {state} but the stream was last seen "
+            f"CONNECTED ({iso(act.rtmp_at)}) and never ENDed"
+        )
+    else:
+        return []
+    return [
+        Draft(
+            kind=kind,
+            room_id=act.room_id,
+            job_id=act.job_id,
+            event_id=act.rtmp_event_id,
+            detail=detail,
+            data={"job_state": state, "rtmp_state": act.rtmp_state, "rtmp_at": iso(act.rtmp_at)},
+        )
+    ]
 
 
 def _job_outcome(room_id: str, job: Mapping[str, Any]) -> list[Draft]:
@@ -351,123 +348,8 @@ def api_problem(kind: str, room_id: str | None, detail: str) -> Draft:
     return Draft(kind=kind, room_id=room_id, job_id=None, detail=detail[:1000])
 
 
-@dataclass(frozen=True, slots=True)
-class SignedDelivery:
-    """A stored (or undecodable) delivery that came with an MSS_A / MSS_A_HEAD signature."""
-
-    delivery_id: int
-    endpoint: str
-    signed_at: datetime
-    time_unit: str | None
-    key_index: int | None
-    body_sha256: str
-    received_at: datetime
-    event_id: int | None = None
-    room_id: str | None = None
-    job_id: str | None = None
-
-
-def reused_signatures(
-    deliveries: Iterable[SignedDelivery], policy: Policy | None = None
-) -> list[Draft]:
-    """One finding per signature that carried different bodies at different moments.
-
-    The signature is hmac(key, URI(registered_url) + hwTime) (signing-notes.md): for one endpoint
-    it is a function of the key and the hwTime text alone, and verification appends hwTime
-    exactly as received, so a replay must repeat it. Endpoint, signing time, time unit (the same
-    instant in seconds and in milliseconds is two different hwTime texts) and key index are
-    therefore the signature without reading or keeping it. A body that came twice counts once:
-    a retry of the same body is no forgery (the store keeps it as a ``duplicate``).
-
-    MetaStudio itself signs every callback of one second (hwTime in seconds) alike: several
-    jobs, or one job starting (CONNECTING, CONNECTED, the first SHOOT_SCRIPT_SWITCH), send
-    different bodies under one signature all the time. Reporting every such pair would bury the
-    one replay in MetaStudio's own traffic, so the rule considers *when* the bodies came: those
-    MetaStudio sends in one second arrive together, a body posted to a captured URL later
-    arrives later. Different bodies first seen more than ``policy.reuse_spread`` apart are a
-    finding; closer together they look like MetaStudio's own and are not (a replay within that
-    many seconds of the original is not caught here; the job rules still judge its content).
-    A MetaStudio retry that reuses the signature of a callback that first failed is the one
-    innocent cause left; the finding says so.
-    """
-    policy = policy or Policy()
-    groups: dict[tuple[str, datetime, str, int], list[SignedDelivery]] = defaultdict(list)
-    for d in deliveries:
-        key_index = -1 if d.key_index is None else d.key_index
-        groups[(d.endpoint, d.signed_at, d.time_unit or "", key_index)].append(d)
-    drafts = []
-    for (endpoint, signed_at, unit, key_index), members in sorted(groups.items()):
-        first_of_body: dict[str, SignedDelivery] = {}
-        for delivery in sorted(members, key=lambda d: (d.received_at, d.delivery_id)):
-            first_of_body.setdefault(delivery.body_sha256, delivery)
-        bodies = list(first_of_body.values())
-        if len(bodies) < 2:
-            continue
-        spread = bodies[-1].received_at - bodies[0].received_at
-        if spread <= policy.reuse_spread:
-            continue
-        late = [d for d in bodies if d.received_at - bodies[0].received_at > policy.reuse_spread]
-        drafts.append(_reuse_draft(endpoint, signed_at, unit, key_index, bodies, late, policy))
-    return drafts
-
-
-def _reuse_draft(
-    endpoint: str,
-    signed_at: datetime,
-    unit: str,
-    key_index: int,
-    bodies: list[SignedDelivery],
-    late: list[SignedDelivery],
-    policy: Policy,
-) -> Draft:
-    spread = (bodies[-1].received_at - bodies[0].received_at).total_seconds()
-    within = policy.reuse_spread.total_seconds()
-    second = "millisecond" if unit == "milliseconds" else "second"
-    # Delivery and event ids, rooms and jobs: never the signature, the hwTime text or a key.
-    detail = (
-        f"{len(bodies)} different bodies came to endpoint {endpoint} under one signature "
-        f"(signed {_iso(signed_at)}, hwTime in {unit or 'an unknown unit'}), first seen "
-        f"{spread:.0f} s apart: {_ids(bodies)}. MSS_A signs the URL and the time, not the "
-        f"body: {_ids(late)} may be a captured signed URL posted again with another body inside "
-        f"the tolerance window, or a MetaStudio retry of a callback that first failed. "
-        f"MetaStudio signs all its callbacks of one {second} alike, but those arrive together "
-        f"(within {within:g} s) and are not reported."
-    )
-    return Draft(
-        kind=SIGNATURE_REUSED,
-        room_id=None,
-        job_id=None,
-        endpoint=endpoint,
-        event_id=late[0].event_id,
-        detail=detail,
-        scope=f"{_iso(signed_at)}|{unit}|{key_index}",
-        data={
-            "signed_at": _iso(signed_at),
-            "time_unit": unit or None,
-            "spread_seconds": round(spread, 3),
-            "delivery_ids": [d.delivery_id for d in bodies],
-            "event_ids": [d.event_id for d in bodies],
-            "late_delivery_ids": [d.delivery_id for d in late],
-            "received_at": [_iso(d.received_at) for d in bodies],
-            "room_ids": sorted({d.room_id for d in bodies if d.room_id}),
-            "job_ids": sorted({d.job_id for d in bodies if d.job_id}),
-        },
-    )
-
-
-def _ids(deliveries: Sequence[SignedDelivery], shown: int = 10) -> str:
-    """'deliveries 4, 9 (events 3, -)' ('-': the body did not decode); at most ``shown``."""
-    head = deliveries[:shown]
-    more = f" and {len(deliveries) - shown} more" if len(deliveries) > shown else ""
-    noun = "delivery" if len(deliveries) == 1 else "deliveries"
-    events = ", ".join("-" if d.event_id is None else str(d.event_id) for d in head)
-    return (
-        f"{noun} {', '.join(str(d.delivery_id) for d in head)}{more} "
-        f"(event{'' if len(head) == 1 else 's'} {events})"
-    )
-
-
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
+    """A finding's time: RFC 3339 in UTC with a Z."""
     return value.isoformat().replace("+00:00", "Z")
 
 

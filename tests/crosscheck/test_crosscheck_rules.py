@@ -10,6 +10,7 @@ import pytest
 
 from receiver.config import EndpointSettings
 from receiver.crosscheck import rules
+from receiver.crosscheck.signature_reuse import SignedDelivery, reused_signatures
 from receiver.protocol.signing import AuthType
 
 NOW = datetime(2024, 9, 10, 12, 0, tzinfo=UTC)
@@ -179,7 +180,7 @@ def test_unreadable_job_times_are_ignored_not_fatal(value: Any, field: str) -> N
 SIGNED = datetime(2024, 9, 10, 11, 59, 30, tzinfo=UTC)
 
 
-def signed(delivery_id: int, body: str, after: float, **overrides: Any) -> rules.SignedDelivery:
+def signed(delivery_id: int, body: str, after: float, **overrides: Any) -> SignedDelivery:
     """A delivery of shop-a signed at SIGNED (seconds, first key), received ``after`` s later."""
     data: dict[str, Any] = {
         "delivery_id": delivery_id,
@@ -194,12 +195,12 @@ def signed(delivery_id: int, body: str, after: float, **overrides: Any) -> rules
         "job_id": "job-1",
     }
     data.update(overrides)
-    return rules.SignedDelivery(**data)
+    return SignedDelivery(**data)
 
 
 def test_a_signature_that_carried_another_body_later_is_one_finding() -> None:
     forged = signed(2, "b", 45.0, event_id=None, room_id="room-x", job_id=None)
-    [draft] = rules.reused_signatures([signed(1, "a", 0.4), forged])
+    [draft] = reused_signatures([signed(1, "a", 0.4), forged])
     assert (draft.kind, draft.endpoint, draft.room_id, draft.job_id) == (
         rules.SIGNATURE_REUSED,
         "shop-a",
@@ -221,17 +222,17 @@ def test_a_signature_that_carried_another_body_later_is_one_finding() -> None:
 def test_bodies_arriving_together_look_like_metastudios_own_second() -> None:
     """MetaStudio signs all its callbacks of one second alike: not a finding unless apart."""
     together = [signed(1, "a", 0.1), signed(2, "b", 0.3), signed(3, "c", 9.9)]
-    assert rules.reused_signatures(together) == []
-    assert len(rules.reused_signatures(together, rules.Policy(reuse_spread=timedelta(0)))) == 1
+    assert reused_signatures(together) == []
+    assert len(reused_signatures(together, rules.Policy(reuse_spread=timedelta(0)))) == 1
     # A third body much later: the finding names all three, the late one as the suspect.
-    [draft] = rules.reused_signatures([*together, signed(4, "d", 120)])
+    [draft] = reused_signatures([*together, signed(4, "d", 120)])
     assert draft.data["delivery_ids"] == [1, 2, 3, 4]
     assert draft.data["late_delivery_ids"] == [4] and draft.event_id == 104
 
 
 def test_the_same_body_again_is_no_finding_and_counts_once() -> None:
-    assert rules.reused_signatures([signed(1, "a", 0), signed(2, "a", 200)]) == []
-    [draft] = rules.reused_signatures([signed(1, "a", 0), signed(2, "a", 30), signed(3, "b", 31)])
+    assert reused_signatures([signed(1, "a", 0), signed(2, "a", 200)]) == []
+    [draft] = reused_signatures([signed(1, "a", 0), signed(2, "a", 30), signed(3, "b", 31)])
     assert draft.data["delivery_ids"] == [1, 3]  # body a first seen at 0, b at 31
 
 
@@ -245,19 +246,19 @@ def test_the_same_body_again_is_no_finding_and_counts_once() -> None:
     ],
 )
 def test_another_endpoint_time_unit_or_key_is_another_signature(other: dict[str, Any]) -> None:
-    assert rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60, **other)]) == []
+    assert reused_signatures([signed(1, "a", 0), signed(2, "b", 60, **other)]) == []
 
 
 def test_reused_signature_fingerprint_is_per_signature_and_says_nothing_secret() -> None:
-    first = rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60)])[0]
-    grown = rules.reused_signatures([signed(1, "a", 0), signed(2, "b", 60), signed(3, "c", 90)])[0]
+    first = reused_signatures([signed(1, "a", 0), signed(2, "b", 60)])[0]
+    grown = reused_signatures([signed(1, "a", 0), signed(2, "b", 60), signed(3, "c", 90)])[0]
     assert grown.fingerprint == first.fingerprint  # more bodies: the same condition
     other_second = {"signed_at": SIGNED + timedelta(seconds=5)}
-    later = rules.reused_signatures(
+    later = reused_signatures(
         [signed(4, "a", 0, **other_second), signed(5, "b", 60, **other_second)]
     )
     assert len(later) == 1 and later[0].fingerprint != first.fingerprint
-    millis = rules.reused_signatures(
+    millis = reused_signatures(
         [signed(1, "a", 0, time_unit="milliseconds"), signed(2, "b", 60, time_unit="milliseconds")]
     )[0]
     assert millis.fingerprint != first.fingerprint and "one millisecond alike" in millis.detail

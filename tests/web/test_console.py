@@ -361,9 +361,9 @@ def test_an_acknowledged_finding_reopens_when_it_comes_back_and_a_muted_one_does
     migrated_url: str,
 ) -> None:
     """ack: handled, news again if the condition clears and returns; mute: out of the open list
-    however often it recurs (the cross-check's upsert, receiver.crosscheck.run)."""
+    however often it recurs (the cross-check's upsert, receiver.crosscheck.run_store)."""
     from receiver.crosscheck.rules import Draft
-    from receiver.crosscheck.run import _upsert_findings
+    from receiver.crosscheck.run_store import upsert_findings as _upsert_findings
     from receiver.store import queries
 
     drafts = [
