@@ -64,11 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import seed
 
+from receiver import fake_metastudio as fm
 from receiver.config import EndpointSettings
 from receiver.crosscheck.metastudio import MetaStudioJobs, RoomJobs
 from receiver.crosscheck.rules import Policy
 from receiver.crosscheck.run import CrossChecker, RunReport
-from receiver.fake_metastudio import server as fm
 from receiver.protocol.ids import api_form
 from receiver.protocol.signing import AuthType
 from receiver.store.models import Event, Finding, JobSnapshot, UTCDateTime

@@ -172,6 +172,36 @@ def free_port() -> int:
         return port
 
 
+def fake_metastudio_fixtures(**options: Any) -> tuple[Any, Any, Any]:
+    """The fixtures of a test module that serves a fake MetaStudio of its own
+    (``options`` go to ``FakeMetaStudio``, e.g. ``tokens``, ``credentials``)::
+
+        served, fake, base_url = fake_metastudio_fixtures(project_id=..., tokens={TOKEN}, ...)
+
+    ``served`` is one server for the module, ``(fake, url)``; ``fake`` is its FakeMetaStudio,
+    reset before and after each test; ``base_url`` is its URL, the fake reset first.
+    """
+    from receiver.fake_metastudio import FakeMetaStudio, serve_fake
+
+    @pytest.fixture(scope="module")
+    def served() -> Iterator[tuple[FakeMetaStudio, str]]:
+        fake = FakeMetaStudio(**options)
+        with serve_fake(fake) as url:
+            yield fake, url
+
+    @pytest.fixture
+    def fake(served: tuple[FakeMetaStudio, str]) -> Iterator[FakeMetaStudio]:
+        served[0].reset()
+        yield served[0]
+        served[0].reset()
+
+    @pytest.fixture
+    def base_url(fake: FakeMetaStudio, served: tuple[FakeMetaStudio, str]) -> str:
+        return served[1]
+
+    return served, fake, base_url
+
+
 def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **top: Any) -> Path:
     """A receiver.toml with the given endpoint tables (values: str, int, float, bool, lists)."""
 

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from conftest import KEY, REGISTERED, endpoint_table
 from starlette.testclient import TestClient
 
+from receiver import fake_metastudio as fm
 from receiver.config import Settings, settings_from_mapping
 from receiver.crosscheck.metastudio import MetaStudioJobs
 from receiver.crosscheck.run import CrossChecker, RunReport
-from receiver.fake_metastudio import server as fm
 from receiver.protocol.ids import api_form
 from receiver.protocol.signing import AuthType
 from receiver.store import queries

@@ -1,4 +1,10 @@
-"""The ``metastudio-receiver`` command: thin subcommands over the library."""
+"""The ``metastudio-receiver`` command: thin subcommands over the library.
+
+Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``. Beside it:
+``events`` (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
+flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands)
+and ``demo`` (the demo's stage) with ``demo_walkthrough`` (what the demo shows and checks).
+"""
 
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ def cmd_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_fake_metastudio(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from receiver.fake_metastudio import server as fake
+    from receiver import fake_metastudio as fake
 
     def pick(flag: str | None, variable: str, default: str) -> str:
         return flag or environ.get(variable) or default
@@ -181,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver.cli import send as cli_send
 
     cli_send.register(commands)
+    from receiver.cli import replay as cli_replay
+
+    cli_replay.register(commands)
     return parser
 
 

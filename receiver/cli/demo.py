@@ -1,12 +1,12 @@
 """``metastudio-receiver demo``: the whole product on one machine, with no MetaStudio account.
 
-A temporary directory holds a SQLite store and a generated ``receiver.toml`` (one MSS_A endpoint
-with a random key, a random API token, ``[metastudio]`` pointing at a local fake MetaStudio with
-its demo AK/SK). The fake and the receiver run on 127.0.0.1 in background threads; a simulated
-live job sends signed callbacks with faults injected (``receiver.tools.simulate``); the demo then
-runs
-the cross-check through the API and prints what the receiver stored, the job's timeline, the
-findings, the refusals, and where to look further.
+This module sets the stage and clears it: a temporary directory holds a SQLite store and a
+generated ``receiver.toml`` (one MSS_A endpoint with a random key, a random API token,
+``[metastudio]`` pointing at a local fake MetaStudio with its demo AK/SK), and the fake and the
+receiver run on 127.0.0.1 in background threads. What the demo then does --
+a simulated live job sending signed callbacks with faults injected, the cross-check through the
+API, and what the receiver stored, the job's timeline, the findings, the refusals and where to
+look further -- is :mod:`receiver.cli.demo_walkthrough`.
 
 The endpoint's registered URL is an ``https://`` address while the callbacks arrive over plain
 HTTP on loopback, as behind a TLS-terminating proxy: the receiver verifies the signature against
@@ -16,7 +16,6 @@ what was registered, never against what it sees (signing-notes.md, "Consequences
 from __future__ import annotations
 
 import contextlib
-import io
 import secrets
 import shutil
 import signal
@@ -25,20 +24,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import quote
+from typing import Any, TextIO
 
-from receiver.cli import events as cli_events
-from receiver.config import Settings, load_settings
-from receiver.protocol.ids import id_key
-from receiver.tools.simulate import ALL_FAULTS, Fault, SimulationReport, simulate_job
-
-if TYPE_CHECKING:
-    from receiver.fake_metastudio.server import FakeMetaStudio
+from receiver.cli.demo_walkthrough import DemoResult, Say, look_further, play
+from receiver.config import load_settings
 
 HOST = "127.0.0.1"
 ENDPOINT = "demo"
@@ -46,8 +38,6 @@ REGISTERED_URL = f"https://hooks.example.com/callbacks/{ENDPOINT}"
 AK_ENV = "HUAWEICLOUD_SDK_AK"
 SK_ENV = "HUAWEICLOUD_SDK_SK"
 STARTUP_SECONDS = 15.0
-
-Say = Callable[..., None]
 
 
 @contextlib.contextmanager
@@ -99,23 +89,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@dataclass
-class DemoResult:
-    ok: bool = True
-    problems: list[str] = field(default_factory=list)
-    base_url: str = ""
-
-    def expect(self, condition: bool, problem: str) -> None:
-        if not condition:
-            self.ok = False
-            self.problems.append(problem)
-
-
 def write_config(
     directory: Path, *, fake_url: str, project_id: str, key: str, token: str
 ) -> tuple[Path, dict[str, str]]:
     """The demo's receiver.toml, and the environment it needs (the fake's AK/SK)."""
-    from receiver.fake_metastudio.server import DEFAULT_AK, DEFAULT_SK
+    from receiver.fake_metastudio import DEFAULT_AK, DEFAULT_SK
 
     database = directory / "receiver.db"
     text = f"""\
@@ -147,7 +125,7 @@ def run_demo(
     *, port: int = 8080, once: bool = False, out: TextIO = sys.stdout, keep: bool = False
 ) -> int:
     """The ``demo`` command. 0 when everything went as expected, 1 otherwise."""
-    from receiver.fake_metastudio.server import (
+    from receiver.fake_metastudio import (
         DEFAULT_AK,
         DEFAULT_PROJECT_ID,
         DEFAULT_SK,
@@ -182,8 +160,8 @@ def run_demo(
             with serve_app(create_app(settings), host=HOST, port=port) as base_url:
                 result.base_url = base_url
                 _intro(say, directory, fake_url, base_url, token, port)
-                report = _play(say, settings, fake, base_url, key, token, result)
-                _look_further(say, base_url, token, config, environ, report.job_id, once)
+                report = play(say, settings, fake, base_url, key, token, result)
+                look_further(say, base_url, token, config, environ, report.job_id, once)
                 say("")
                 if result.ok:
                     say("result: everything went as expected")
@@ -231,206 +209,3 @@ def _intro(say: Say, directory: Path, fake_url: str, base_url: str, token: str, 
     say(f"  API token          {token}")
     say(f"  web console        {base_url}/ui/ (log in with the API token)")
     say("")
-
-
-def _play(
-    say: Say,
-    settings: Settings,
-    fake: FakeMetaStudio,
-    base_url: str,
-    key: str,
-    token: str,
-    result: DemoResult,
-) -> SimulationReport:
-    import httpx2
-
-    endpoint = settings.endpoints[0]
-    say("1. A simulated live job: signed callbacks, with faults injected")
-    report = simulate_job(
-        receiver_url=f"{base_url}/callbacks/{ENDPOINT}",
-        registered_url=endpoint.registered_url,
-        auth_type=endpoint.auth_type,
-        key=key,
-        signed_uri=endpoint.signed_uri,
-        fake=fake,
-        faults=ALL_FAULTS,
-    )
-    say(_indent(report.render()))
-    result.expect(report.ok, "some callbacks were not answered as expected (see 1.)")
-    if report.aborted:
-        return report
-
-    with httpx2.Client(
-        base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    ) as api:
-        say("2. The cross-check against the (fake) MetaStudio job query API: POST /v1/crosscheck")
-        check = _json(api.post("/v1/crosscheck", json={"room_id": report.room_id}))
-        say(
-            f"   {check.get('rooms_checked', 0)} room(s) checked, "
-            f"{check.get('jobs_seen', 0)} job(s) listed by MetaStudio, "
-            f"{check.get('findings_opened', 0)} finding(s) opened"
-        )
-        result.expect(check.get("rooms_failed") == 0, "the cross-check could not ask MetaStudio")
-        say("")
-
-        say("3. Stored events: GET /v1/events (as `metastudio-receiver events`)")
-        events = _json(api.get("/v1/events", params={"limit": "1000"})).get("events", [])
-        table = io.StringIO()
-        cli_events.print_table(events, table)
-        say(_indent(table.getvalue()))
-        _check_events(report, events, result)
-        say(_indent(_legend(report)))
-        say("")
-
-        # By MetaStudio's spelling of the id (a dashed UUID): the callbacks spelled it without
-        # dashes, and either spelling finds the job (receiver.protocol.ids).
-        say(f"4. The job's timeline: GET /v1/jobs/{report.listed_job_id}")
-        say(f"   (MetaStudio lists the job so; its callbacks name it {report.job_id})")
-        job = _json(api.get(f"/v1/jobs/{report.listed_job_id}"))
-        _job_summary(say, job)
-        result.expect(
-            len(job.get("timeline") or []) == len(report.stored_for_job()),
-            "the job's timeline, asked for by MetaStudio's spelling of its id, is not complete",
-        )
-        snapshot = job.get("metastudio") or {}
-        result.expect(snapshot.get("state") == "SUCCEED", "MetaStudio's job is not SUCCEED")
-        result.expect(not job.get("findings"), "the simulated (real) job has findings")
-        say("")
-
-        say("5. Findings: GET /v1/findings")
-        findings = _json(api.get("/v1/findings")).get("findings", [])
-        for finding in findings:
-            say(f"   {finding['kind']}  job {finding.get('job_id') or '-'}")
-            say(f"      {finding['detail']}")
-        if not findings:
-            say("   (none)")
-        flagged = {
-            id_key(f["job_id"]) for f in findings if f.get("kind") == "unknown_job" and f["job_id"]
-        }
-        for job_id, what in (
-            (report.forged_job_id, "the forged body"),
-            (report.unknown_job_id, "the unknown job"),
-        ):
-            if job_id is not None:
-                result.expect(
-                    id_key(job_id) in flagged, f"{what} ({job_id}) was not flagged unknown_job"
-                )
-        result.expect(
-            id_key(report.job_id) not in flagged,
-            "the simulated job, listed by MetaStudio as a dashed UUID, was flagged unknown_job",
-        )
-        say("")
-
-        say("6. Refused requests: GET /v1/rejections")
-        rejections = _rejections(api)
-        for rejection in rejections:
-            skew = rejection.get("clock_skew_seconds")
-            skew_text = f", clock skew {skew:.0f} s" if isinstance(skew, int | float) else ""
-            say(
-                f"   {rejection['received_at']}  {rejection['reason']}  "
-                f"endpoint {rejection.get('endpoint')}{skew_text}"
-            )
-            say(f"      {rejection['detail']}")
-        if not rejections:
-            say("   (none)")
-        result.expect(
-            any(r.get("reason") == "signature_expired" for r in rejections),
-            "the stale signature is not in the rejection log",
-        )
-        say("")
-    return report
-
-
-def _check_events(
-    report: SimulationReport, events: list[dict[str, Any]], result: DemoResult
-) -> None:
-    stored = [e for e in events if e.get("job_id") == report.job_id]
-    wanted = [s.event_id for s in report.stored_for_job()]
-    result.expect(
-        [e.get("id") for e in stored] == wanted,
-        f"the job's stored events are {len(stored)}, expected {len(wanted)} in the order sent",
-    )
-
-
-def _legend(report: SimulationReport) -> str:
-    by_job = {s.job_id: s.event_id for s in report.sent if s.event_id is not None}
-    notes = []
-    if report.forged_job_id in by_job:
-        notes.append(
-            f"event {by_job[report.forged_job_id]} is the forged body (a real event's URL and "
-            "time, another job's content): the signature cannot tell, the cross-check does"
-        )
-    if report.unknown_job_id in by_job:
-        notes.append(f"event {by_job[report.unknown_job_id]} names a job MetaStudio does not list")
-    if any(s.fault == Fault.DUPLICATE for s in report.sent):
-        notes.append("the duplicate delivery was stored once")
-    if any(s.fault == Fault.STALE for s in report.sent):
-        notes.append("the stale one was refused (401), so it is not here but in 6.")
-    return "\n".join(f"- {note}" for note in notes)
-
-
-def _job_summary(say: Say, job: Mapping[str, Any]) -> None:
-    rtmp = job.get("rtmp") or {}
-    script = job.get("script") or {}
-    replies = job.get("replies") or {}
-    snapshot = job.get("metastudio") or {}
-    state = snapshot.get("job", {}) if isinstance(snapshot.get("job"), dict) else {}
-    say(f"   events        {job.get('event_count')} ({_counts(job.get('event_counts') or {})})")
-    say(f"   RTMP stream   {rtmp.get('state')} since {rtmp.get('since')}")
-    say(
-        f"   script        #{script.get('shoot_script_sequence_no')} "
-        f'"{script.get("shoot_script_title")}" of {script.get("scene_script_name")!r}'
-    )
-    say(f"   replies       {replies.get('finished')} finished")
-    say(
-        f"   MetaStudio    {snapshot.get('state')} "
-        f"(start {state.get('start_time')}, end {state.get('end_time')})"
-    )
-    say(f"   findings      {len(job.get('findings') or [])}")
-
-
-def _counts(counts: Mapping[str, Any]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
-
-
-def _rejections(api: Any) -> list[dict[str, Any]]:
-    # The rejection log is written in the background: give it a moment to land.
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict[str, Any]] = _json(api.get("/v1/rejections")).get("rejections", [])
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
-
-
-def _look_further(
-    say: Say,
-    base_url: str,
-    token: str,
-    config: Path,
-    environ: Mapping[str, str],
-    job_id: str,
-    once: bool,
-) -> None:
-    when = "now" if not once else "while `metastudio-receiver demo` runs (without --once)"
-    say(f"7. Look further, {when}")
-    say(f"   console: {base_url}/ui/jobs/{quote(job_id)} (log in with the API token below)")
-    say(f"   TOKEN={token}")
-    for path in ("/v1/events", f"/v1/jobs/{job_id}", "/v1/findings", "/v1/rejections"):
-        say(f'   curl -H "Authorization: Bearer $TOKEN" {base_url}{path}')
-    say(f"   curl {base_url}/metrics")
-    say(f"   curl {base_url}/openapi.json")
-    env = " ".join(f"{name}={value}" for name, value in environ.items())
-    say(f"   {env} metastudio-receiver events --config {config}")
-
-
-def _json(response: Any) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _indent(text: str) -> str:
-    return "\n".join("   " + line if line else line for line in text.rstrip("\n").split("\n"))

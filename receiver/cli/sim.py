@@ -39,7 +39,8 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from receiver.tools.diagnose import diagnose_request, header_lines
+    from receiver.tools.diagnose import diagnose_request
+    from receiver.tools.diagnose_capture import header_lines
 
     try:
         keys = _keys(args, environ)
@@ -70,7 +71,8 @@ def cmd_diagnose(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from receiver.tools.simulate import ALL_FAULTS, REALISTIC_INTERVAL, Fault, simulate_job
+    from receiver.tools.simulate import REALISTIC_INTERVAL, simulate_job
+    from receiver.tools.simulate_plan import ALL_FAULTS, Fault
 
     registered_url = args.registered_url
     auth_type = args.auth_type

@@ -66,7 +66,7 @@ def metastudio_callback(pytestconfig: pytest.Config) -> CallbackFactory:
 
 @pytest.fixture(scope="session")
 def _metastudio_fake_server() -> Iterator[FakeMetaStudioServer]:
-    from receiver.fake_metastudio import server as fakes
+    from receiver import fake_metastudio as fakes
     from receiver.testing import FakeMetaStudioServer
 
     fake = fakes.FakeMetaStudio(

@@ -1,11 +1,10 @@
 """Deliver stored or exported events again, in order, re-signed for another receiver.
 
-Records come from an export file (JSON Lines written by ``metastudio-receiver export``, format
-``metastudio-receiver/export/v1``, see :func:`receiver.store.queries.export_events`) or straight
-from
-the store. Each is sent with its ORIGINAL body bytes, signed for the target at send time (a fresh
+This is the run itself: the records (read by :mod:`receiver.tools.replay_records`) are sent
+each with its ORIGINAL body bytes, signed for the :class:`ReplayTarget` at send time (a fresh
 hwTime, so the target's tolerance window holds however old the event is) and marked with
-``x-receiver-replay: <source>:<original event id>``.
+``x-receiver-replay: <source>:<original event id>``, at the pace planned by
+:mod:`receiver.tools.replay_plan`; :class:`ReplayReport` says how far it got.
 
 A run stops at the first delivery that still fails after a few retries (unless ``keep_going``),
 and on ``stop`` / Ctrl-C between two deliveries, so ``last_event_id`` -- the last one the target
@@ -18,24 +17,17 @@ stored twice. For the same reason two identical bodies are never sent with the s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import itertools
-import json
 import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from receiver.errors import ReceiverError
-from receiver.protocol.ids import optional_key
 from receiver.protocol.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
+from receiver.tools.replay_plan import MAX_GAP_SECONDS, gaps
+from receiver.tools.replay_records import ReplayRecord, resume_point
 from receiver.tools.sender import (
     REPLAY_HEADER,
     USER_AGENT,
@@ -43,15 +35,11 @@ from receiver.tools.sender import (
     SignedCallback,
     build_callback,
     deliver,
-    retarget,
 )
 
 if TYPE_CHECKING:
     import httpx2
-    from sqlalchemy.engine import Connection
 
-EXPORT_FORMAT = "metastudio-receiver/export/v1"  # the same as receiver.store.queries.EXPORT_FORMAT
-MAX_GAP_SECONDS = 60.0
 RETRIES = 3
 RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 # A signed request older than this is signed again before a retry (MetaStudio documents a
@@ -59,31 +47,6 @@ RETRY_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 RESIGN_AFTER_SECONDS = 30.0
 # Answers worth retrying: the receiver could not store it now (503), or no answer came.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class ExportError(ReceiverError):
-    """An export file (or record) that replay cannot read."""
-
-    code = "RCV.EXPORT_INVALID"
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRecord:
-    """What replay needs of one exported event."""
-
-    event_id: int
-    endpoint: str
-    event_type: str
-    room_id: str | None
-    job_id: str | None
-    received_at: datetime | None
-    signed_at: datetime | None
-    body: bytes
-
-    @property
-    def when(self) -> datetime | None:
-        """When the event originally happened, as far as the store knows."""
-        return self.received_at or self.signed_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,65 +79,6 @@ class ReplayTarget:
         self.sign(
             ReplayRecord(0, "", "", None, None, None, None, b""), when=time.time(), source="x"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a replay would send (``--dry-run``)."""
-
-    total: int
-    by_endpoint: dict[str, int]
-    by_event_type: dict[str, int]
-    first_event_id: int | None
-    last_event_id: int | None
-    first_at: datetime | None
-    last_at: datetime | None
-    target: str | None
-    """Where the requests would go (the registered URL, moved to ``to`` if given)."""
-    skipped: int = 0
-    """Records left out by ``start_after``."""
-    estimated_seconds: float | None = None
-    """The least time the run takes at the given pace (None: as fast as the target answers)."""
-
-    @property
-    def span_seconds(self) -> float | None:
-        if self.first_at is None or self.last_at is None:
-            return None
-        return (self.last_at - self.first_at).total_seconds()
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "skipped": self.skipped,
-            "by_endpoint": self.by_endpoint,
-            "by_event_type": self.by_event_type,
-            "first_event_id": self.first_event_id,
-            "last_event_id": self.last_event_id,
-            "first_at": _iso(self.first_at),
-            "last_at": _iso(self.last_at),
-            "span_seconds": self.span_seconds,
-            "target": self.target,
-            "estimated_seconds": self.estimated_seconds,
-        }
-
-    def lines(self) -> list[str]:
-        out = [
-            f"would replay {self.total} event(s)" + (f" to {self.target}" if self.target else "")
-        ]
-        if self.skipped:
-            out.append(f"  skipped (up to --resume-after): {self.skipped}")
-        if self.total:
-            out.append(
-                f"  event ids {self.first_event_id} .. {self.last_event_id}; originally "
-                f"{_iso(self.first_at) or '?'} .. {_iso(self.last_at) or '?'}"
-                + (f" ({self.span_seconds:.1f} s)" if self.span_seconds is not None else "")
-            )
-        if self.estimated_seconds is not None:
-            out.append(f"  at this pace: at least {self.estimated_seconds:.1f} s")
-        for title, counts in (("endpoint", self.by_endpoint), ("event type", self.by_event_type)):
-            for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-                out.append(f"  {title} {name}: {count}")
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,233 +133,6 @@ class ReplayReport:
 
 Progress = Callable[[ReplayReport], None]
 Send = Callable[[SignedCallback], Answer]
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def _time(value: Any, what: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ExportError(f"{what}: must be an RFC 3339 string or null")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ExportError(f"{what}: {value[:40]!r} is not an RFC 3339 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _optional_text(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise ExportError(f"{what}: must be a string or null")
-
-
-def record_from_export(data: Mapping[str, Any], *, where: str = "record") -> ReplayRecord:
-    """One export record (a line of ``metastudio-receiver export``) -> :class:`ReplayRecord`."""
-    fmt = data.get("format", EXPORT_FORMAT)
-    if fmt != EXPORT_FORMAT:
-        raise ExportError(f"{where}: format {str(fmt)[:60]!r} is not {EXPORT_FORMAT}")
-    event_id = data.get("event_id")
-    if isinstance(event_id, bool) or not isinstance(event_id, int):
-        raise ExportError(f"{where}: event_id must be an integer")
-    body_b64 = data.get("body_b64")
-    if not isinstance(body_b64, str):
-        raise ExportError(f"{where}: body_b64 (the original body, base64) is required")
-    try:
-        body = base64.b64decode(body_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise ExportError(f"{where}: body_b64 is not valid base64") from None
-    event_type = data.get("event_type")
-    endpoint = data.get("endpoint")
-    if not isinstance(event_type, str) or not isinstance(endpoint, str):
-        raise ExportError(f"{where}: event_type and endpoint must be strings")
-    return ReplayRecord(
-        event_id=event_id,
-        endpoint=endpoint,
-        event_type=event_type,
-        room_id=_optional_text(data.get("room_id"), f"{where}: room_id"),
-        job_id=_optional_text(data.get("job_id"), f"{where}: job_id"),
-        received_at=_time(data.get("received_at"), f"{where}: received_at"),
-        signed_at=_time(data.get("signed_at"), f"{where}: signed_at"),
-        body=body,
-    )
-
-
-def iter_export_lines(lines: Iterable[str], *, name: str = "export") -> Iterator[ReplayRecord]:
-    """Records of a JSON Lines export; blank lines are skipped, anything else wrong is named."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{name} line {number}"
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise ExportError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ExportError(f"{where}: not a JSON object")
-        yield record_from_export(data, where=where)
-
-
-def read_export(path: str | Path | IO[str]) -> list[ReplayRecord]:
-    """Every record of an export file (a path, or an open text file such as stdin)."""
-    if not isinstance(path, str | Path):
-        return list(iter_export_lines(path, name=getattr(path, "name", "export")))
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return list(iter_export_lines(handle, name=str(path)))
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ExportError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot read it: {exc.strerror}") from None
-
-
-def read_store(
-    conn: Connection,
-    *,
-    endpoint: str | None = None,
-    room_id: str | None = None,
-    job_id: str | None = None,
-    event_types: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> list[ReplayRecord]:
-    """The matching stored events, oldest first, as an export would write them."""
-    from receiver.store.queries import export_events
-
-    rows = export_events(
-        conn,
-        endpoint=endpoint,
-        room_id=room_id,
-        job_id=job_id,
-        event_types=event_types,
-        since=since,
-        until=until,
-    )
-    return [record_from_export(row, where=f"event {row.get('event_id')}") for row in rows]
-
-
-def filter_records(
-    records: Iterable[ReplayRecord],
-    *,
-    endpoint: str | None = None,
-    room_id: str | None = None,
-    job_id: str | None = None,
-    event_types: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> list[ReplayRecord]:
-    """The same filters as the store's, applied to records read from a file (a room or job id
-    in either spelling matches both, as in the store)."""
-    chosen = []
-    types = set(event_types) if event_types else None
-    room_key, job_key = optional_key(room_id), optional_key(job_id)
-    for record in records:
-        at = record.received_at
-        if (
-            (endpoint is not None and record.endpoint != endpoint)
-            or (room_key is not None and optional_key(record.room_id) != room_key)
-            or (job_key is not None and optional_key(record.job_id) != job_key)
-            or (types is not None and record.event_type not in types)
-            or (since is not None and (at is None or at < since))
-            or (until is not None and (at is None or at > until))
-        ):
-            continue
-        chosen.append(record)
-    return chosen
-
-
-def resume_point(records: Sequence[ReplayRecord], start_after: int | None) -> int:
-    """Index of the first record to send when resuming after event ``start_after``: just past
-    that event when it is among the records, else past every event with an id up to it."""
-    if start_after is None:
-        return 0
-    for index, record in enumerate(records):
-        if record.event_id == start_after:
-            return index + 1
-    return sum(1 for record in records if record.event_id <= start_after)
-
-
-# -- planning ----------------------------------------------------------------------------------
-
-
-def plan(
-    records: Iterable[ReplayRecord],
-    target: ReplayTarget | None = None,
-    *,
-    start_after: int | None = None,
-    pace: str | float | None = None,
-    speed: float = 1.0,
-    max_gap: float = MAX_GAP_SECONDS,
-) -> Plan:
-    """How many events a replay would send, where from, and over what original time span."""
-    every = list(records)
-    skip = resume_point(every, start_after)
-    chosen = every[skip:]
-    moments = [record.when for record in chosen if record.when is not None]
-    where = None
-    if target is not None:
-        where = retarget(target.registered_url.partition("#")[0], target.to)
-    return Plan(
-        total=len(chosen),
-        by_endpoint=dict(Counter(record.endpoint for record in chosen)),
-        by_event_type=dict(Counter(record.event_type for record in chosen)),
-        first_event_id=chosen[0].event_id if chosen else None,
-        last_event_id=chosen[-1].event_id if chosen else None,
-        first_at=min(moments) if moments else None,
-        last_at=max(moments) if moments else None,
-        target=where,
-        skipped=skip,
-        estimated_seconds=_estimate(chosen, pace, speed=speed, max_gap=max_gap),
-    )
-
-
-def _estimate(
-    records: Sequence[ReplayRecord], pace: str | float | None, *, speed: float, max_gap: float
-) -> float | None:
-    if pace is None:
-        return None
-    if pace == "original":
-        return sum(_gaps(records, max_gap=max_gap, speed=speed))
-    return max(len(records) - 1, 0) / float(pace)
-
-
-def _gaps(records: Sequence[ReplayRecord], *, max_gap: float, speed: float) -> list[float]:
-    """Seconds to wait before each record to keep the original pace (0 before the first)."""
-    gaps = [0.0]
-    for before, after in itertools.pairwise(records):
-        if before.when is None or after.when is None:
-            gaps.append(0.0)
-            continue
-        gap = (after.when - before.when).total_seconds()
-        gaps.append(min(max(gap, 0.0), max_gap) / speed)
-    return gaps
-
-
-def parse_pace(text: str | None) -> str | float | None:
-    """``original``, ``N/s`` or ``N`` (events per second), ``max`` / None (as fast as possible)."""
-    if text is None or text.strip().lower() in ("", "max", "none", "fast"):
-        return None
-    value = text.strip().lower()
-    if value == "original":
-        return "original"
-    number = value.removesuffix("/s")
-    try:
-        rate = float(number)
-    except ValueError:
-        raise ValueError(
-            f"pace must be 'original', a rate like '50/s', or 'max'; not {text!r}"
-        ) from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise ValueError(f"pace must be a positive rate, not {text!r}")
-    return rate
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -527,7 +204,7 @@ def replay(
         def send(callback: SignedCallback) -> Answer:
             return deliver(callback, to=target.to, client=http)
 
-    gaps = _gaps(chosen, max_gap=max_gap, speed=speed) if pace == "original" else []
+    waits = gaps(chosen, max_gap=max_gap, speed=speed) if pace == "original" else []
     last_tick: dict[bytes, int] = {}
     current: ReplayRecord | None = None
     try:
@@ -540,7 +217,7 @@ def replay(
         for index, record in enumerate(chosen):
             # Pacing: a schedule, not a sleep after each send, so slow answers do not add up.
             if pace == "original":
-                next_at += gaps[index]
+                next_at += waits[index]
             elif pace is not None and index:
                 next_at += 1.0 / float(pace)
             if stop.wait(max(next_at - time.monotonic(), 0.0)) or stop.is_set():

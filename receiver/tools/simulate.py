@@ -1,22 +1,12 @@
 """Play a realistic MetaStudio live job against a receiver, with faults on request.
 
-The job is registered in a fake MetaStudio (an in-process ``FakeMetaStudio`` or the admin routes
-``PUT/PATCH /_fake/jobs/{id}`` of a running ``fake-metastudio``) and moves WAITING → PROCESSING →
-SUCCEED there, ``start_time`` / ``end_time`` set as it goes (Table 6). Its
-``live_event_callback_config`` (Table 10) points at the receiver's registered URL with the
-endpoint's auth type and all three event types. The callbacks are those Table 10 documents:
-script paragraph switches (``shoot_script_sequence_no`` as a string, as in its example), RTMP
-state changes with a reconnect, reply completions and the END of the stream, each signed by
-``receiver.tools.sender`` and ``message`` sent as JSON text, as MetaStudio does.
-
-Faults (``Fault``):
-
-- ``forge_body``: a body for another job, sent with the URL and time of a real event (the
-  signature covers URL and time, not the body: signing-notes.md). The receiver stores it; the
-  cross-check flags it ``unknown_job``.
-- ``stale``: an event signed an hour ago: 401.
-- ``unknown_job``: a correctly signed event for a job MetaStudio does not list: stored, flagged.
-- ``duplicate``: one event delivered twice: the second answer is ``duplicate``.
+The job is registered in a fake MetaStudio (``receiver.tools.simulate_registry``: an in-process
+``FakeMetaStudio`` or the admin routes of a running ``fake-metastudio``) and moves WAITING →
+PROCESSING → SUCCEED there. Its ``live_event_callback_config`` (Table 10) points at the
+receiver's registered URL with the endpoint's auth type and all three event types. The
+callbacks and the faults are planned by ``receiver.tools.simulate_plan``; each is signed by
+``receiver.tools.sender`` and ``message`` sent as JSON text, as MetaStudio does, and what the
+receiver answered goes into a ``receiver.tools.simulate_report.SimulationReport``.
 
 Signing times: with ``interval`` >= 1 s the events are signed when they are sent. Faster, they are
 signed one second apart, ending just before the simulation started (a realistic spacing, all well
@@ -26,358 +16,35 @@ are one delivery to the receiver (its duplicate rule: endpoint, body and signing
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from receiver.errors import ConfigError, MetaStudioError, MetaStudioUnavailable
-from receiver.protocol.events import EventType, RtmpState, encode
+from receiver.errors import ConfigError
+from receiver.protocol.events import encode
 from receiver.protocol.ids import api_form
 from receiver.protocol.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
 from receiver.tools import sender
+from receiver.tools.simulate_plan import Fault, Step, plan
+from receiver.tools.simulate_registry import (
+    ended_fields,
+    job_record,
+    job_registry,
+    started_fields,
+)
+from receiver.tools.simulate_report import Sent, SimulationReport
 
 if TYPE_CHECKING:
     import httpx2
 
-    from receiver.fake_metastudio.server import FakeMetaStudio
+    from receiver.fake_metastudio.state import FakeMetaStudio
 
-
-class Fault(StrEnum):
-    FORGE_BODY = "forge_body"
-    STALE = "stale"
-    UNKNOWN_JOB = "unknown_job"
-    DUPLICATE = "duplicate"
-
-
-ALL_FAULTS: tuple[Fault, ...] = tuple(Fault)
 STALE_AGE_SECONDS = 3600.0
 REALISTIC_INTERVAL = 10.0
 """Seconds between events at ``speed`` 1 (a paragraph of a real script lasts minutes)."""
-CALLBACK_EVENT_TYPES = [t.value for t in EventType]
-SCENE = "Spring sale"
-SCRIPT = (
-    "Welcome and today's agenda",
-    "Product 1: what it does",
-    "Product 1: price and offer",
-    "Viewer questions",
-    "Wrap-up and goodbye",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One delivery and what the receiver answered."""
-
-    index: int
-    label: str
-    event_type: str
-    job_id: str
-    fault: Fault | None
-    signed_at: datetime | None
-    expected: str
-    """``stored``, ``duplicate`` or ``401``."""
-    status: int
-    """0 when the receiver did not answer at all."""
-    result: str | None
-    """``stored`` / ``duplicate``, or the error_code of a refusal."""
-    detail: str
-    event_id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        if self.expected == "401":
-            return self.status == 401
-        return self.status == 200 and self.result == self.expected
-
-    @property
-    def answer(self) -> str:
-        if self.status == 0:
-            return f"no answer ({self.detail})"
-        text = f"{self.status} {self.result or ''}".strip()
-        if self.event_id is not None:
-            text += f" (event {self.event_id})"
-        return text
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "label": self.label,
-            "event_type": self.event_type,
-            "job_id": self.job_id,
-            "fault": self.fault.value if self.fault else None,
-            "signed_at": _iso(self.signed_at) if self.signed_at else None,
-            "expected": self.expected,
-            "status": self.status,
-            "result": self.result,
-            "event_id": self.event_id,
-            "detail": self.detail,
-            "ok": self.ok,
-        }
-
-
-@dataclass
-class SimulationReport:
-    room_id: str
-    job_id: str
-    receiver_url: str
-    registered_url: str
-    auth_type: AuthType
-    signed_uri: SignedUri
-    faults: tuple[Fault, ...]
-    forged_job_id: str | None = None
-    unknown_job_id: str | None = None
-    sent: list[Sent] = field(default_factory=list)
-    job_states: list[tuple[str, datetime]] = field(default_factory=list)
-    """The job's states in the fake MetaStudio, with when each was set."""
-    aborted: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.aborted is None and all(s.ok for s in self.sent)
-
-    @property
-    def flagged_job_ids(self) -> list[str]:
-        """Jobs a cross-check should flag ``unknown_job``."""
-        return [j for j in (self.forged_job_id, self.unknown_job_id) if j is not None]
-
-    def stored_for_job(self) -> list[Sent]:
-        """The deliveries of the simulated job that the receiver should hold, in order."""
-        return [s for s in self.sent if s.job_id == self.job_id and s.expected == "stored"]
-
-    @property
-    def listed_job_id(self) -> str:
-        """The job's id as MetaStudio's job query API lists it
-        (``receiver.protocol.ids.api_form``)."""
-        return api_form(self.job_id)
-
-    @property
-    def listed_room_id(self) -> str:
-        return api_form(self.room_id)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "room_id": self.room_id,
-            "job_id": self.job_id,
-            "listed_room_id": self.listed_room_id,
-            "listed_job_id": self.listed_job_id,
-            "receiver_url": self.receiver_url,
-            "registered_url": self.registered_url,
-            "auth_type": self.auth_type.value,
-            "signed_uri": self.signed_uri.value,
-            "faults": [f.value for f in self.faults],
-            "forged_job_id": self.forged_job_id,
-            "unknown_job_id": self.unknown_job_id,
-            "job_states": [{"state": s, "at": _iso(at)} for s, at in self.job_states],
-            "sent": [s.as_json() for s in self.sent],
-            "aborted": self.aborted,
-        }
-
-    def render(self) -> str:
-        lines = [
-            f"simulated live job {self.job_id} in room {self.room_id}",
-            f"  (callbacks spell the ids so; MetaStudio's job query lists job "
-            f"{self.listed_job_id} in room {self.listed_room_id})",
-            f"  sent to {self.receiver_url}, signed for {self.registered_url} "
-            f"({self.auth_type.value}, signed_uri={self.signed_uri.value})",
-        ]
-        rows = [
-            (
-                str(s.index),
-                _iso(s.signed_at) if s.signed_at else "-",
-                s.label,
-                s.fault.value if s.fault else "-",
-                s.expected,
-                s.answer,
-                "ok" if s.ok else "UNEXPECTED",
-            )
-            for s in self.sent
-        ]
-        header = ("#", "SIGNED AT", "EVENT", "FAULT", "EXPECTED", "ANSWER", "")
-        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-        for row in (header, *rows):
-            cells = (v.ljust(w) for v, w in zip(row, widths, strict=True))
-            lines.append("  " + "  ".join(cells).rstrip())
-        if self.job_states:
-            states = " → ".join(f"{s} ({_iso(at)})" for s, at in self.job_states)
-            lines.append(f"  job in the fake MetaStudio: {states}")
-        if self.aborted:
-            lines.append(f"  ABORTED: {self.aborted}")
-        bad = [s for s in self.sent if not s.ok]
-        if not bad and not self.aborted:
-            lines.append(f"  all {len(self.sent)} answers as expected")
-        else:
-            lines.append(f"  {len(bad)} of {len(self.sent)} answers not as expected")
-        return "\n".join(lines) + "\n"
-
-
-# --- The fake MetaStudio, in process or over its admin routes ------------------------------------
-
-
-class JobRegistry(Protocol):
-    def put(self, job: Mapping[str, Any]) -> None: ...
-
-    def patch(self, job_id: str, fields: Mapping[str, Any]) -> None: ...
-
-
-class _InProcess:
-    def __init__(self, fake: FakeMetaStudio) -> None:
-        self.fake = fake
-
-    def put(self, job: Mapping[str, Any]) -> None:
-        self.fake.add_job(job)
-
-    def patch(self, job_id: str, fields: Mapping[str, Any]) -> None:
-        self.fake.update_job(job_id, **fields)
-
-
-class _OverHttp:
-    """``PUT`` / ``PATCH /_fake/jobs/{id}`` of a running ``metastudio-receiver fake-metastudio``."""
-
-    def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
-        parts = urlsplit(admin_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"fake: must be the fake's http(s) base URL, not {admin_url!r}")
-        self.base = admin_url.rstrip("/")
-        self.timeout = timeout
-
-    def put(self, job: Mapping[str, Any]) -> None:
-        self._send("PUT", str(job["job_id"]), job)
-
-    def patch(self, job_id: str, fields: Mapping[str, Any]) -> None:
-        self._send("PATCH", job_id, fields)
-
-    def _send(self, method: str, job_id: str, payload: Mapping[str, Any]) -> None:
-        import httpx2
-
-        url = f"{self.base}/_fake/jobs/{job_id}"
-        try:
-            response = httpx2.request(method, url, json=dict(payload), timeout=self.timeout)
-        except httpx2.TransportError as exc:
-            raise MetaStudioUnavailable(
-                f"the fake MetaStudio at {self.base} did not answer: {type(exc).__name__}"
-            ) from None
-        if response.status_code not in (200, 201):
-            raise MetaStudioError(
-                f"the fake MetaStudio answered {response.status_code} to {method} {url}: "
-                f"{response.text[:200]}"
-            )
-
-
-class _NoRegistry:
-    def put(self, job: Mapping[str, Any]) -> None:
-        return None
-
-    def patch(self, job_id: str, fields: Mapping[str, Any]) -> None:
-        return None
-
-
-def _registry(fake: FakeMetaStudio | str | None) -> JobRegistry:
-    if fake is None:
-        return _NoRegistry()
-    if isinstance(fake, str):
-        return _OverHttp(fake)
-    return _InProcess(fake)
-
-
-# --- The plan ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    label: str
-    event_type: str
-    message: dict[str, Any]
-    fault: Fault | None = None
-    job_state: str | None = None
-    """The job state to set in the fake just before (PROCESSING) or after (SUCCEED) sending."""
-
-
-def _plan(
-    *,
-    room_id: str,
-    job_id: str,
-    faults: Iterable[Fault] = (),
-    forged_job_id: str = "",
-    unknown_job_id: str = "",
-) -> list[_Step]:
-    """The callbacks of one live job, in order, with the faults in their places."""
-    chosen = set(faults)
-    ids = {"room_id": room_id, "job_id": job_id}
-    stream = {
-        "output_url": "rtmp://live-push.example.com/live",
-        "stream_key": "sk_" + secrets.token_hex(12),
-    }
-
-    def rtmp(state: RtmpState, **extra: Any) -> _Step:
-        message = {**ids, **stream, "state": state.value}
-        return _Step(f"RTMP {state.value}", EventType.RTMP_STREAM_STATE_CHANGE, message, **extra)
-
-    def script(number: int) -> _Step:
-        message = {
-            **ids,
-            "scene_script_name": SCENE,
-            "shoot_script_sequence_no": str(number),  # a string, as in Table 10's example
-            "shoot_script_title": SCRIPT[number - 1],
-        }
-        return _Step(
-            f"script #{number} {SCRIPT[number - 1]}", EventType.SHOOT_SCRIPT_SWITCH, message
-        )
-
-    def reply() -> _Step:
-        reply_id = secrets.token_hex(16)
-        message = {**ids, "reply_id": reply_id}
-        return _Step(f"reply {reply_id[:8]} finished", EventType.REPLY_COMMAND_FINISH, message)
-
-    def other_job(step: _Step, new_job_id: str, fault: Fault) -> _Step:
-        message = {**step.message, "job_id": new_job_id}
-        return _Step(f"{step.label} (job {new_job_id[:8]})", step.event_type, message, fault)
-
-    steps: list[_Step] = [
-        rtmp(RtmpState.CONNECTING, job_state="PROCESSING"),
-        rtmp(RtmpState.CONNECTED),
-        script(1),
-    ]
-    if Fault.DUPLICATE in chosen:
-        steps.append(
-            _Step(
-                steps[-1].label + " again", steps[-1].event_type, steps[-1].message, Fault.DUPLICATE
-            )
-        )
-    steps.append(script(2))
-    if Fault.FORGE_BODY in chosen:
-        steps.append(other_job(steps[-1], forged_job_id, Fault.FORGE_BODY))
-    steps.append(reply())
-    if Fault.STALE in chosen:
-        steps.append(
-            _Step(
-                steps[-1].label + ", signed 1 h ago",
-                steps[-1].event_type,
-                steps[-1].message,
-                Fault.STALE,
-            )
-        )
-    steps += [
-        script(3),
-        rtmp(RtmpState.DISCONNECTED),
-        rtmp(RtmpState.RECONNECTING),
-        rtmp(RtmpState.CONNECTED),
-        script(4),
-        reply(),
-    ]
-    if Fault.UNKNOWN_JOB in chosen:
-        steps.append(other_job(script(4), unknown_job_id, Fault.UNKNOWN_JOB))
-    steps += [script(5), rtmp(RtmpState.END, job_state="SUCCEED")]
-    return steps
-
-
-# --- Running it ----------------------------------------------------------------------------------
 
 
 def simulate_job(
@@ -422,9 +89,9 @@ def simulate_job(
     if not interval >= 0:
         raise ConfigError("interval: must be 0 or more seconds")
     target = _target(receiver_url)
-    registry = _registry(fake)
+    registry = job_registry(fake)
     # As MetaStudio does (metastudio-list-smart-live-jobs.txt): callbacks name room and job
-    # with 32 hex digits, the job query API lists the same ids as dashed UUIDs (see _job).
+    # with 32 hex digits, the job query API lists the same ids as dashed UUIDs (see job_record).
     room_id = room_id or uuid.uuid4().hex
     job_id = job_id or uuid.uuid4().hex
     report = SimulationReport(
@@ -438,7 +105,7 @@ def simulate_job(
         forged_job_id=uuid.uuid4().hex if Fault.FORGE_BODY in chosen else None,
         unknown_job_id=uuid.uuid4().hex if Fault.UNKNOWN_JOB in chosen else None,
     )
-    steps = _plan(
+    steps = plan(
         room_id=room_id,
         job_id=job_id,
         faults=chosen,
@@ -452,7 +119,7 @@ def simulate_job(
         return now() if real_time else start + index
 
     created = clock(0) - 60
-    job = _job(room_id, job_id, registered_url, auth, key, created)
+    job = job_record(room_id, job_id, registered_url, auth, key, created)
     registry.put(job)
     report.job_states.append(("WAITING", _utc(created)))
 
@@ -465,14 +132,7 @@ def simulate_job(
         when = clock(index)
         if step.job_state == "PROCESSING":
             started_at = when
-            registry.patch(
-                api_form(job_id),
-                {
-                    "state": "PROCESSING",
-                    "start_time": _rfc3339(when),
-                    "lastupdate_time": _rfc3339(when),
-                },
-            )
+            registry.patch(api_form(job_id), started_fields(when))
             report.job_states.append(("PROCESSING", _utc(when)))
         signed_at: float | None = when
         expected = "stored"
@@ -520,16 +180,7 @@ def simulate_job(
             last, last_signed = callback, signed_at
         if step.job_state == "SUCCEED":
             ended = max(when, now()) if real_time else when
-            registry.patch(
-                api_form(job_id),
-                {
-                    "state": "SUCCEED",
-                    "end_time": _rfc3339(ended, up=True),
-                    "lastupdate_time": _rfc3339(ended + 1, up=True),
-                    "duration": round(ended - started_at, 3),
-                    "stream_duration": round(max(ended - started_at - 1, 0), 3),
-                },
-            )
+            registry.patch(api_form(job_id), ended_fields(started=started_at, ended=ended))
             report.job_states.append(("SUCCEED", _utc(ended)))
     return report
 
@@ -541,7 +192,7 @@ def _send(
     client: httpx2.Client | None,
     timeout: float,
     index: int,
-    step: _Step,
+    step: Step,
     signed_at: float | None,
     expected: str,
 ) -> Sent:
@@ -594,30 +245,6 @@ def _target(receiver_url: str) -> Callable[[str], str]:
     return aim
 
 
-def _job(
-    room_id: str, job_id: str, registered_url: str, auth: AuthType, key: str, created: float
-) -> dict[str, Any]:
-    from receiver.fake_metastudio.server import fake_job
-
-    job = fake_job(
-        job_id=api_form(job_id),
-        room_id=api_form(room_id),
-        room_name="Simulated live room",
-        state="WAITING",
-        create_time=_rfc3339(created),
-        lastupdate_time=_rfc3339(created),
-        live_event_callback_config={
-            "live_event_type_callback_url": registered_url,
-            "auth_type": auth.value,
-            "key": key,
-            "callback_event_type": list(CALLBACK_EVENT_TYPES),
-        },
-    )
-    for name in ("start_time", "end_time", "duration", "stream_duration"):
-        job.pop(name, None)  # not yet known while the job is WAITING
-    return job
-
-
 _E = TypeVar("_E", AuthType, SignedUri, TimeUnit, Fault)
 
 
@@ -631,12 +258,3 @@ def _choice(kind: type[_E], value: str, name: str) -> _E:
 
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _rfc3339(seconds: float, *, up: bool = False) -> str:
-    whole = int(seconds) + (1 if up and seconds != int(seconds) else 0)
-    return _utc(whole).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z")

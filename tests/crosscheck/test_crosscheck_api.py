@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import KEY, REGISTERED, endpoint_table, make_settings
+from conftest import KEY, REGISTERED, endpoint_table, fake_metastudio_fixtures, make_settings
 from starlette.testclient import TestClient
 
+from receiver import fake_metastudio as fm
 from receiver.config import settings_from_mapping
-from receiver.fake_metastudio import server as fm
 from receiver.protocol.ids import api_form
 from receiver.protocol.signing import AuthType
 from receiver.testing import encode, sign_request
@@ -43,18 +43,7 @@ ROOM_A, ROOM_B = hex_id("room-a"), hex_id("room-b")
 KNOWN, UNKNOWN, FAILED, BLOCKED = (hex_id(n) for n in ("known", "unknown", "failed", "blocked"))
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[fm.FakeMetaStudio, str]]:
-    fake = fm.FakeMetaStudio(credentials={fm.DEFAULT_AK: fm.DEFAULT_SK})
-    with fm.serve_fake(fake) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(served: tuple[fm.FakeMetaStudio, str]) -> Iterator[fm.FakeMetaStudio]:
-    served[0].reset()
-    yield served[0]
-    served[0].reset()
+served, fake, base_url = fake_metastudio_fixtures(credentials={fm.DEFAULT_AK: fm.DEFAULT_SK})
 
 
 def metastudio_table(base_url: str) -> dict[str, Any]:

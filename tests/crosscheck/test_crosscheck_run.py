@@ -35,9 +35,9 @@ from crosscheck_world import (
     when,
 )
 
+from receiver import fake_metastudio as fm
 from receiver.crosscheck import rules
 from receiver.crosscheck.run import CrossChecker, RunReport
-from receiver.fake_metastudio import server as fm
 from receiver.store.writer import create_engine_for
 from receiver.web.app import build_crosschecker
 

@@ -19,16 +19,16 @@ from crosscheck_world import JOB, ROOM, World, job, list_calls, reply, rtmp, scr
 from hypothesis import given
 from hypothesis import strategies as st
 
+from receiver import fake_metastudio as fm
 from receiver.cli import main
 from receiver.crosscheck import rules
 from receiver.crosscheck.metastudio import MetaStudioJobs
 from receiver.crosscheck.run import CrossChecker
-from receiver.fake_metastudio import server as fm
 from receiver.protocol.ids import api_form, callback_form, id_key, is_uuid_shaped, same_id
 from receiver.store import queries
 from receiver.store.migrate import upgrade
 from receiver.store.writer import create_engine_for
-from receiver.tools.replay import filter_records, read_export
+from receiver.tools.replay_records import filter_records, read_export
 
 # -- the key itself ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from conftest import fake_metastudio_fixtures
 
 from receiver.config import MetaStudioSettings
 from receiver.crosscheck.metastudio import MetaStudioJobs, RoomJobs
@@ -21,7 +22,7 @@ from receiver.errors import (
     MetaStudioError,
     MetaStudioUnavailable,
 )
-from receiver.fake_metastudio.server import FakeMetaStudio, JobQuery, fake_job, serve_fake
+from receiver.fake_metastudio import FakeMetaStudio, JobQuery, fake_job
 
 PROJECT = "70b76aa4d3e44e5a8e9c5f0a1b2c3d4e"
 TOKEN = "iam-token-that-must-stay-secret"
@@ -48,23 +49,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeMetaStudio, str]]:
-    fake = FakeMetaStudio(project_id=PROJECT, tokens={TOKEN}, credentials={AK: SK})
-    with serve_fake(fake) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(served: tuple[FakeMetaStudio, str]) -> Iterator[FakeMetaStudio]:
-    served[0].reset()
-    yield served[0]
-    served[0].reset()
-
-
-@pytest.fixture
-def base_url(fake: FakeMetaStudio, served: tuple[FakeMetaStudio, str]) -> str:
-    return served[1]
+# One server for the module; ``fake`` resets it for each test.
+served, fake, base_url = fake_metastudio_fixtures(
+    project_id=PROJECT, tokens={TOKEN}, credentials={AK: SK}
+)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from conftest import fake_metastudio_fixtures
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkcore.http.http_config import HttpConfig
@@ -24,7 +25,7 @@ from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkmetastudio.v1 import ListSmartLiveRequest, MetaStudioClient
 
 from receiver.errors import ConfigError
-from receiver.fake_metastudio.server import (
+from receiver.fake_metastudio import (
     DEFAULT_LIMIT,
     FakeMetaStudio,
     RequestRecord,
@@ -71,24 +72,10 @@ def job_at(minutes: int, **fields: Any) -> dict[str, Any]:
     return fake_job(room_id=ROOM, create_time=rfc3339(T0 + timedelta(minutes=minutes)), **fields)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeMetaStudio, str]]:
-    """One server for the module; ``fake`` resets it for each test."""
-    fake = FakeMetaStudio(project_id=PROJECT, tokens={TOKEN}, credentials={AK: SK})
-    with serve_fake(fake) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(served: tuple[FakeMetaStudio, str]) -> Iterator[FakeMetaStudio]:
-    served[0].reset()
-    yield served[0]
-    served[0].reset()
-
-
-@pytest.fixture
-def base_url(fake: FakeMetaStudio, served: tuple[FakeMetaStudio, str]) -> str:
-    return served[1]
+# One server for the module; ``fake`` resets it for each test.
+served, fake, base_url = fake_metastudio_fixtures(
+    project_id=PROJECT, tokens={TOKEN}, credentials={AK: SK}
+)
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import KEY, REGISTERED, ServerProcess, endpoint_table
 
+from receiver import fake_metastudio as fm
 from receiver.config import settings_from_mapping
 from receiver.crosscheck import rules
 from receiver.crosscheck.run import CrossChecker, RunReport
-from receiver.fake_metastudio import server as fm
 from receiver.protocol.signing import AuthType
 from receiver.store.models import DeliveryStatus
 from receiver.store.writer import DELIVERIES, create_engine_for

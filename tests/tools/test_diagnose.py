@@ -14,12 +14,9 @@ from hypothesis import strategies as st
 
 from receiver.errors import ConfigError, ReceiverError, SignatureMalformed, SignatureMissing
 from receiver.protocol.signing import SignedUri, TimeUnit
-from receiver.tools.diagnose import (
-    diagnose_request,
-    header_lines,
-    parse_capture,
-    url_variants,
-)
+from receiver.tools.diagnose import diagnose_request
+from receiver.tools.diagnose_capture import header_lines, parse_capture
+from receiver.tools.diagnose_variants import url_variants
 from receiver.tools.sender import build_callback, retarget
 
 # The worked example of signing-notes.md (MetaStudio's custom live platform API).

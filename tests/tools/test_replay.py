@@ -33,17 +33,9 @@ from conftest import KEY, ServerProcess, endpoint_table
 
 from receiver.protocol.signing import TIME_HEADER
 from receiver.store.models import Delivery, Event
-from receiver.tools.replay import (
-    ExportError,
-    ReplayRecord,
-    ReplayReport,
-    ReplayTarget,
-    filter_records,
-    parse_pace,
-    plan,
-    read_export,
-    replay,
-)
+from receiver.tools.replay import ReplayReport, ReplayTarget, replay
+from receiver.tools.replay_plan import parse_pace, plan
+from receiver.tools.replay_records import ExportError, ReplayRecord, filter_records, read_export
 from receiver.tools.sender import REPLAY_HEADER, Answer, SignedCallback, build_callback, deliver
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]

@@ -17,14 +17,15 @@ from conftest import KEY, REGISTERED, free_port
 from receiver.cli.demo import serve_app
 from receiver.config import Settings, settings_from_mapping
 from receiver.errors import ConfigError, MetaStudioUnavailable
-from receiver.fake_metastudio.server import (
+from receiver.fake_metastudio import (
     DEFAULT_AK,
     DEFAULT_PROJECT_ID,
     DEFAULT_SK,
     FakeMetaStudio,
     serve_fake,
 )
-from receiver.tools.simulate import ALL_FAULTS, STALE_AGE_SECONDS, Fault, simulate_job
+from receiver.tools.simulate import STALE_AGE_SECONDS, simulate_job
+from receiver.tools.simulate_plan import ALL_FAULTS, Fault
 from receiver.web.app import create_app
 
 TOKEN = "simulate-test-token"
