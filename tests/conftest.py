@@ -172,6 +172,23 @@ def free_port() -> int:
         return port
 
 
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m receiver ARGS`` in ``cwd``, with none of this environment's RECEIVER_*
+    variables (only those in ``env``), its output captured as text."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    clean.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        capture_output=True,
+        text=True,
+        env=clean,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
 def fake_metastudio_fixtures(**options: Any) -> tuple[Any, Any, Any]:
     """The fixtures of a test module that serves a fake MetaStudio of its own
     (``options`` go to ``FakeMetaStudio``, e.g. ``tokens``, ``credentials``)::

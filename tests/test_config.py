@@ -6,13 +6,11 @@ it is about (PRODUCT.md "Configuration": "one clear line naming the key and the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY, OLD_KEY, REGISTERED, endpoint_table, write_config
+from conftest import KEY, OLD_KEY, REGISTERED, endpoint_table, run_cli, write_config
 
 from receiver.config import (
     DEFAULT_DATABASE_URL,
@@ -572,30 +570,13 @@ def test_repr_of_settings_shows_no_url_credential_of_a_none_endpoint() -> None:
 # --- the command line stops with one line --------------------------------------------------------
 
 
-def _run_cli(
-    *args: str, env_extra: dict[str, str] | None = None, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-    )
-
-
 def test_serve_with_bad_config_exits_with_one_line_naming_the_key(tmp_path: Path) -> None:
     path = write_config(
         tmp_path / "bad.toml",
         f"sqlite:///{tmp_path / 'r.db'}",
         endpoint_table(auth_type="MEITUAN_DEFAULT"),
     )
-    done = _run_cli("serve", "--config", str(path), "--port", "1", cwd=tmp_path)
+    done = run_cli("serve", "--config", str(path), "--port", "1", cwd=tmp_path)
     assert done.returncode != 0
     lines = done.stderr.strip("\n").splitlines()
     assert len(lines) == 1, done.stderr

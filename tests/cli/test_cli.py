@@ -16,24 +16,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
-from conftest import endpoint_table, free_port, write_config
+from conftest import endpoint_table, free_port, run_cli, write_config
 
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/receiver"
-
-
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    clean.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import pytest
 import sqlalchemy as sa
-from conftest import KEY, ServerProcess, endpoint_table
+from conftest import KEY, ServerProcess, endpoint_table, run_cli
 
 from receiver.protocol.signing import TIME_HEADER
 from receiver.store.models import Delivery, Event
@@ -89,21 +89,6 @@ SEQUENCE: list[tuple[str, dict[str, Any], str]] = [
     (*rtmp("CONNECTED", room="room-2", job="job-2"), "string"),
     (*rtmp("END"), "string"),
 ]
-
-
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    clean.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 def stored(url: str) -> list[dict[str, Any]]:

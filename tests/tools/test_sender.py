@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 import sqlalchemy as sa
-from conftest import KEY, ServerProcess, endpoint_table, write_config
+from conftest import KEY, ServerProcess, endpoint_table, run_cli, write_config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -289,21 +286,6 @@ def test_deliver_async_in_process_to_an_asgi_app() -> None:
 
 
 # -- the send command ---------------------------------------------------------------------------
-
-
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    clean.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
