@@ -38,8 +38,8 @@ LAYERS: dict[str, int] = {
     "receiver.__main__": 10,
 }
 
-# A module may be this long; split by purpose before (STYLE.md: "split before ~400 lines").
-MAX_LINES = 420
+# A module may be this long: split by purpose before (STYLE.md: "split before ~400 lines").
+MAX_LINES = 400
 
 
 def module_name(path: Path) -> str:
