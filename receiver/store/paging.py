@@ -32,7 +32,7 @@ class Page:
 
 # What each of a list's filters narrows: filter name -> (column, comparison), in the order the
 # conditions are added. A filter given as None narrows nothing.
-Tests = dict[str, tuple[Any, Callable[[Any, Any], Any]]]
+Conditions = dict[str, tuple[Any, Callable[[Any, Any], Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +40,15 @@ class Listing:
     """One list: its pages' order (the rows' id), its filters, and each row's answer."""
 
     id_column: sa.ColumnElement[int]
-    tests: Tests
+    conditions: Conditions
     render: Callable[[Any], dict[str, Any]]
 
 
-def matching(query: sa.Select[Any], filters: Mapping[str, Any], tests: Tests) -> sa.Select[Any]:
-    """``query`` narrowed by each of ``tests`` whose filter is given."""
-    for name, (column, compare) in tests.items():
+def matching(
+    query: sa.Select[Any], filters: Mapping[str, Any], conditions: Conditions
+) -> sa.Select[Any]:
+    """``query`` narrowed by each of ``conditions`` whose filter is given."""
+    for name, (column, compare) in conditions.items():
         value = filters.get(name)
         if value is not None:
             query = query.where(compare(column, value))
@@ -66,7 +68,7 @@ def page(
     """The ``limit`` rows of ``query`` after ``cursor``, narrowed by ``filters`` (name -> value,
     None for not given: the cursor names them), then by the conditions ``also``."""
     after = decode_cursor(cursor, filters)
-    query = matching(query, filters, listing.tests).where(*also)
+    query = matching(query, filters, listing.conditions).where(*also)
     id_column = listing.id_column
     if after is not None:
         query = query.where(id_column > after)

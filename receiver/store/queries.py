@@ -299,7 +299,7 @@ def events_after(
     Ids are handed out in commit order (receiver.store.write), so reading past the last id seen
     never skips an event that commits late."""
     keys = {"room_id": optional_key(room_id), "job_id": optional_key(job_id)}
-    query = matching(sa.select(EVENTS).where(EVENTS.c.id > after), keys, _EVENTS.tests)
+    query = matching(sa.select(EVENTS).where(EVENTS.c.id > after), keys, _EVENTS.conditions)
     rows = conn.execute(query.order_by(EVENTS.c.id).limit(limit))
     return [event_json(row) for row in rows]
 
@@ -352,7 +352,7 @@ def export_events(
             *EVENTS.c, DELIVERIES.c.body, DELIVERIES.c.headers.label("delivery_headers")
         ).select_from(EVENTS.join(DELIVERIES, DELIVERIES.c.id == EVENTS.c.delivery_id)),
         filters,
-        _EVENTS.tests,
+        _EVENTS.conditions,
     )
     after = 0
     while True:
