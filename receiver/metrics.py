@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,33 @@ class Metrics:
         )
         self.store_up.set(1)
         self._delivered: dict[tuple[str, str], Any] = {}
+        self.forward = ForwardMetrics(r)
+
+    # Forwarding (receiver.forward) reports through these.
+    def forward_attempts(self, destination: str, outcome: str, count: int) -> None:
+        self.forward.attempts.labels(destination, outcome).inc(count)
+
+    def forward_latency(self, destination: str, seconds: Sequence[float]) -> None:
+        histogram = self.forward.latency.labels(destination)
+        for value in seconds:
+            histogram.observe(value)
+
+    def forward_owned(self, owned: Iterable[str], every: Iterable[str]) -> None:
+        mine = set(owned)
+        for name in every:
+            self.forward.sender.labels(name).set(1 if name in mine else 0)
+            if name not in mine:  # another process reports it now
+                self.forward.lag_events.labels(name).set(0)
+                self.forward.lag_seconds.labels(name).set(0)
+
+    def forward_condition(self, destination: str, view: Mapping[str, Any]) -> None:
+        """A destination's overview (receiver.forward.admin.describe), as its sender sees it."""
+        f = self.forward
+        f.lag_events.labels(destination).set(view["lag_events"])
+        f.lag_seconds.labels(destination).set(view["lag_seconds"])
+        f.dead_letters.labels(destination).set(view["dead_letters"])
+        for state in ("active", "retrying", "disabled"):
+            f.state.labels(destination, state).set(1 if view["state"] == state else 0)
 
     def delivered(self, endpoint: str, result: str) -> None:
         """Count one answered callback (label children cached: this runs for every request)."""
@@ -108,6 +135,63 @@ class Metrics:
         every_worker = CollectorRegistry()
         MultiProcessCollector(every_worker, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(every_worker)
+
+
+class ForwardMetrics:
+    """``receiver_forward_*``: what forwarding did, per destination. Gauges are set by the
+    process that sends to the destination (others report 0), so the highest over the workers
+    alive is the destination's."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.attempts = Counter(
+            "receiver_forward_attempts",
+            "Messages handed to destinations, by outcome: delivered, failed (the destination "
+            "is failing), refused (the message), gone (410), dead_lettered.",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "receiver_forward_latency_seconds",
+            "From a callback received to its message acknowledged by the destination.",
+            ["destination"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.lag_events = Gauge(
+            "receiver_forward_lag_events",
+            "Messages stored and not yet taken by the destination (parked ones included).",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.lag_seconds = Gauge(
+            "receiver_forward_lag_seconds",
+            "Age of the oldest message the destination has not taken; 0 when it is up to date.",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.dead_letters = Gauge(
+            "receiver_forward_dead_letters",
+            "Messages the destination kept refusing, set aside (resend them by hand).",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.state = Gauge(
+            "receiver_forward_state",
+            "1 for the destination's state: active, retrying or disabled.",
+            ["destination", "state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.sender = Gauge(
+            "receiver_forward_sender",
+            "1 when this process holds the destination's lease (sends to it).",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
 
 
 def _forget_dead_workers(folder: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterable
 from random import getrandbits as _random_bits
 from typing import Any
 
@@ -85,15 +86,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Strings no log line may show (destination credentials, registered by receiver.web.app);
+# the formatter of setup_logging replaces each with ****.
+_REDACTED: set[str] = set()
+
+
+def redact(values: Iterable[str]) -> None:
+    """Never show these in a log line, whoever writes it (a client library quoting a URL)."""
+    _REDACTED.update(value for value in values if len(value) >= 6)
+
+
+class RedactingFormatter(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        for secret in _REDACTED:
+            if secret in text:
+                text = text.replace(secret, "****")
+        return text
+
+
 def setup_logging(*, log_format: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+    inner: logging.Formatter = JsonFormatter()
+    if log_format != "json":
+        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    handler.setFormatter(RedactingFormatter(inner))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Client libraries that log each request with its URL: a destination's URL may carry its
+    # credential (a chat webhook's token, a broker's password). Their warnings still show.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore", "aio_pika", "aiormq", "nats"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -36,8 +36,9 @@ from receiver.store.writer import DELIVERIES, create_engine_for
 from receiver.testing import sign_request
 from receiver.web.app import create_app
 
-# The cross-check world (fake MetaStudio on loopback, intake on a migrated store) for every module.
-pytest_plugins = ["crosscheck_world"]
+# The cross-check world (fake MetaStudio on loopback, intake on a migrated store) and the forwarding
+# world (a webhook sink, an app with [[destinations]]) for every module.
+pytest_plugins = ["crosscheck_world", "forwarding_world"]
 
 PG_ADMIN_URL = os.environ.get(
     "RECEIVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -28,6 +28,8 @@ LAYERS: dict[str, int] = {
     "receiver.store": 3,
     "receiver.fake_metastudio": 3,
     "receiver.crosscheck": 4,
+    # hands stored events on; beside the cross-check (neither imports the other)
+    "receiver.forward": 4,
     # the service
     "receiver.intake": 5,
     "receiver.web": 6,

@@ -2,8 +2,9 @@
 
 Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``. Beside it:
 ``events`` (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
-flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands)
-and ``demo`` (the demo's stage) with ``demo_walkthrough`` (what the demo shows and checks).
+flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands),
+``destinations`` (forwarding: state, attempts, resend, enable, disable) and ``demo`` (the demo's
+stage) with ``demo_walkthrough`` (what the demo shows and checks).
 """
 
 from __future__ import annotations
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver.cli import replay as cli_replay
 
     cli_replay.register(commands)
+    from receiver.cli import destinations as cli_destinations
+
+    cli_destinations.register(commands)
     return parser
 
 

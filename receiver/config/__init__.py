@@ -9,13 +9,15 @@ Secrets (endpoint keys, API tokens, AK/SK) may come from the environment (``keys
 ``api_tokens_env``, ``ak_env``/``sk_env``); they are never printed: ``__repr__`` masks them.
 
 ``settings`` (the top-level ``Settings``, ``load_settings``, ``settings_from_mapping``),
-``endpoints`` (the ``[[endpoints]]`` tables), ``metastudio`` (the ``[metastudio]`` table and its
+``endpoints`` (the ``[[endpoints]]`` tables), ``destinations`` (the ``[[destinations]]`` tables),
+``metastudio`` (the ``[metastudio]`` table and its
 credentials) and ``values`` (readers of one value, each error naming its key). The names below
 are the ones the rest of receiver imports, from ``receiver.config``.
 """
 
 from __future__ import annotations
 
+from receiver.config.destinations import DestinationSettings
 from receiver.config.endpoints import ENDPOINT_NAME, MAX_KEY_LENGTH, EndpointSettings
 from receiver.config.metastudio import MetaStudioSettings
 from receiver.config.settings import (
@@ -31,6 +33,7 @@ __all__ = [
     "ENDPOINT_NAME",
     "MAX_KEY_LENGTH",
     "STORE_WRITERS",
+    "DestinationSettings",
     "EndpointSettings",
     "MetaStudioSettings",
     "Settings",

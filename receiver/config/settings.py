@@ -3,7 +3,7 @@ mapping (``settings_from_mapping``), with the environment injected by the caller
 
 Owns the top-level keys (database, API tokens, limits, logging, the store's writer, workers),
 the defaults when no file is given, and ``RECEIVER_CONFIG`` / ``RECEIVER_DATABASE_URL``; the
-``[[endpoints]]`` and ``[metastudio]`` tables are read by their own modules.
+``[[endpoints]]``, ``[[destinations]]`` and ``[metastudio]`` tables are read by their own modules.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receiver.config.destinations import DestinationSettings, destinations_from
 from receiver.config.endpoints import EndpointSettings, endpoints_from
 from receiver.config.metastudio import MetaStudioSettings, metastudio_from
 from receiver.config.values import (
@@ -35,6 +36,8 @@ class Settings:
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 65536
     endpoints: tuple[EndpointSettings, ...] = ()
+    # Where stored events (and findings) are handed on (receiver.forward).
+    destinations: tuple[DestinationSettings, ...] = ()
     metastudio: MetaStudioSettings | None = None
     log_format: str = "text"
     log_level: str = "INFO"
@@ -68,6 +71,7 @@ _TOP_KEYS = {
     "api_tokens_env",
     "max_body_bytes",
     "endpoints",
+    "destinations",
     "metastudio",
     "log_format",
     "log_level",
@@ -105,6 +109,11 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
     database_url = _check_database_url(database_url)
     api_tokens = secret_list(data, "api_tokens", "api_tokens_env", environ, prefix="")
     endpoints = endpoints_from(data.get("endpoints", []), environ)
+    destinations = destinations_from(
+        data.get("destinations", []),
+        environ,
+        endpoint_names=[endpoint.name for endpoint in endpoints],
+    )
     metastudio_raw = data.get("metastudio")
     metastudio = None if metastudio_raw is None else metastudio_from(metastudio_raw, environ)
     log_format = optional_str(data, "log_format", "text")
@@ -121,6 +130,7 @@ def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]
         api_tokens=api_tokens,
         max_body_bytes=whole_number(data, "max_body_bytes", 65536, low=256, high=16 * 1024 * 1024),
         endpoints=endpoints,
+        destinations=destinations,
         metastudio=metastudio,
         log_format=log_format,
         log_level=log_level,

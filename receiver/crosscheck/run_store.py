@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from receiver.crosscheck import rules
 from receiver.protocol.ids import api_form, id_key
+from receiver.store import finding_log
 from receiver.store.models import Finding, JobSnapshot
 from receiver.store.views import finding_json
 
@@ -54,11 +55,11 @@ def save_room(
             if fingerprint not in keep
         ]
         if stale:
+            resolved = [fid for fid, _ in stale]
             conn.execute(
-                sa.update(FINDINGS)
-                .where(FINDINGS.c.id.in_([fid for fid, _ in stale]))
-                .values(resolved_at=now)
+                sa.update(FINDINGS).where(FINDINGS.c.id.in_(resolved)).values(resolved_at=now)
             )
+            finding_log.record(conn, resolved, finding_log.RESOLVED, now=now)
     return opened, len(stale)
 
 
@@ -117,7 +118,8 @@ def _save_snapshots(
 
 def upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime) -> int:
     """One row per condition (``Draft.fingerprint``): new ones inserted, known ones seen again,
-    resolved ones reopened. Returns how many were opened or reopened."""
+    resolved ones reopened (both logged as opened: receiver.store.finding_log). Returns how many
+    were opened or reopened."""
     if not drafts:
         return 0
     unique = {draft.fingerprint: draft for draft in drafts}
@@ -129,11 +131,11 @@ def upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime) 
             ).where(FINDINGS.c.fingerprint.in_(list(unique)))
         )
     }
-    opened = 0
+    opened: list[int] = []
     for fingerprint, draft in unique.items():
         found = existing.get(fingerprint)
         if found is None:
-            conn.execute(
+            inserted = conn.execute(
                 sa.insert(FINDINGS).values(
                     fingerprint=fingerprint,
                     kind=draft.kind,
@@ -150,12 +152,14 @@ def upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime) 
                     occurrences=1,
                 )
             )
-            opened += 1
+            key = inserted.inserted_primary_key
+            assert key is not None
+            opened.append(int(key[0]))
             continue
         fid, resolved, action = found
         changes: dict[str, Any] = {}
         if resolved is not None:
-            opened += 1
+            opened.append(fid)
             if action == "ack":  # handled once; its return is news. A mute holds.
                 changes = {
                     "ack_action": None,
@@ -175,7 +179,8 @@ def upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime) 
                 **changes,
             )
         )
-    return opened
+    finding_log.record(conn, opened, finding_log.OPENED, now=now)
+    return len(opened)
 
 
 def open_findings(engine: sa.Engine, *, rooms: list[str], full: bool) -> list[dict[str, Any]]:

@@ -213,4 +213,95 @@ class Finding(SQLModel, table=True):
     ack_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
 
 
+class FindingChange(SQLModel, table=True):
+    """A finding opened (or reopened), resolved or acknowledged: the log that forwarding reads.
+
+    ``data`` is the finding as ``GET /v1/findings`` showed it just after the change, so a message
+    re-sent later carries the same body. Ids follow commit order (receiver.store.finding_log
+    holds a lock on PostgreSQL while it adds rows), so a reader past the last id seen skips
+    nothing, as with events.
+    """
+
+    __tablename__ = "finding_changes"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    finding_id: int = Field(sa_column=sa.Column(BigId, nullable=False))
+    change: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    job_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(Json, nullable=False))
+
+
+class ForwardState(SQLModel, table=True):
+    """One destination's place in the logs and its condition (receiver.forward).
+
+    Every event with an id up to ``event_cursor`` (finding change up to ``finding_cursor``) has
+    been settled for this destination: acknowledged by it, filtered out, or parked in
+    ``forward_messages``. The replica holding the lease (``lease_owner`` until ``lease_until``,
+    seconds since the epoch on the database's clock) is the only one sending to it.
+    """
+
+    __tablename__ = "forward_state"
+
+    name: str = Field(sa_column=sa.Column(sa.String(40), primary_key=True))
+    event_cursor: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    finding_cursor: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    lease_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(80)))
+    lease_until: float = Field(default=0.0, sa_column=sa.Column(sa.Float(), nullable=False))
+    disabled_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    disabled_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(300)))
+    # The destination is failing (5xx, time-outs, refused connections) since then; its place
+    # is kept and it is tried again at retry_at (``failures`` in a row so far).
+    failing_since: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    failures: int = Field(default=0, sa_column=sa.Column(sa.Integer(), nullable=False))
+    retry_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    last_delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+    last_error_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class ForwardMessage(SQLModel, table=True):
+    """A message one destination must be sent on its own: refused and waiting for its next
+    attempt, queued behind such a message of the same job (``order_key``), asked for again
+    (resend), or dead-lettered (``state`` "dead") once its refusals used up the schedule."""
+
+    __tablename__ = "forward_messages"
+    __table_args__ = (
+        sa.UniqueConstraint("destination", "message_id", name="uq_forward_messages_message"),
+        sa.Index("ix_forward_messages_destination_state_id", "destination", "state", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    destination: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    message_id: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    source: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    source_id: int = Field(sa_column=sa.Column(BigId, nullable=False))
+    order_key: str = Field(sa_column=sa.Column(sa.String(160), nullable=False))
+    state: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer(), nullable=False))
+    next_attempt_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.String(500)))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class ForwardAttempt(SQLModel, table=True):
+    """One attempt to hand messages to a destination (an HTTP request; a broker's batch), kept
+    in a bounded log per destination (receiver.forward.store prunes it)."""
+
+    __tablename__ = "forward_attempts"
+    __table_args__ = (sa.Index("ix_forward_attempts_destination_id", "destination", "id"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    destination: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    message_id: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    messages: int = Field(default=1, sa_column=sa.Column(sa.Integer(), nullable=False))
+    outcome: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer()))
+    latency_ms: float = Field(sa_column=sa.Column(sa.Float(), nullable=False))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.String(300)))
+    response: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+
+
 metadata = SQLModel.metadata

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from receiver.errors import NotFound, QueryError
 from receiver.protocol.ids import optional_key
+from receiver.store import finding_log
 from receiver.store.models import Delivery, DeliveryStatus, Event, Finding, JobSnapshot, Rejection
 from receiver.store.paging import Listing, Page, matching, page
 from receiver.store.views import delivery_json, event_json, finding_json, iso, rejection_json
@@ -319,6 +320,7 @@ def acknowledge_finding(
     )
     if updated.rowcount == 0:
         raise NotFound(f"no finding {finding_id}")
+    finding_log.record(conn, [finding_id], finding_log.ACKNOWLEDGED, now=now)
     row = conn.execute(sa.select(FINDINGS).where(FINDINGS.c.id == finding_id)).one()
     return finding_json(row)
 

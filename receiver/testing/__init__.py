@@ -2,7 +2,8 @@
 
 Sign and build callbacks exactly as MetaStudio does, deliver them, run a faithful fake of
 MetaStudio's job query API, and replay real events (an export of ``metastudio-receiver export``)
-into a receiver::
+into a receiver, and check what forwarding sends (``verify_webhook``, a ``WebhookSink`` on
+loopback that fails on command)::
 
     from receiver.testing import build_callback, deliver, replay_file
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from receiver.testing._fake_server import FakeMetaStudioServer
     from receiver.testing._replay import replay_file
     from receiver.testing._running_app import RunningApp
+    from receiver.testing._sink import Received, WebhookSink
+    from receiver.testing._webhooks import WebhookVerificationFailed, new_secret, verify_webhook
     from receiver.tools.replay import ReplayReport
     from receiver.tools.sender import (
         Answer,
@@ -49,18 +52,23 @@ __all__ = [
     "CallbackFactory",
     "FakeMetaStudio",
     "FakeMetaStudioServer",
+    "Received",
     "ReplayReport",
     "RunningApp",
     "SignedCallback",
+    "WebhookSink",
+    "WebhookVerificationFailed",
     "build_callback",
     "deliver",
     "deliver_async",
     "encode",
     "fake_job",
+    "new_secret",
     "replay_file",
     "retarget",
     "serve_fake",
     "sign_request",
+    "verify_webhook",
 ]
 
 # Where each name lives, loaded on first use (PEP 562), so that the pytest plugin costs nothing
@@ -71,6 +79,11 @@ _LAZY = {
     "CallbackFactory": "receiver.testing._callbacks",
     "FakeMetaStudioServer": "receiver.testing._fake_server",
     "RunningApp": "receiver.testing._running_app",
+    "Received": "receiver.testing._sink",
+    "WebhookSink": "receiver.testing._sink",
+    "WebhookVerificationFailed": "receiver.testing._webhooks",
+    "new_secret": "receiver.testing._webhooks",
+    "verify_webhook": "receiver.testing._webhooks",
     "replay_file": "receiver.testing._replay",
     "Answer": "receiver.tools.sender",
     "SignedCallback": "receiver.tools.sender",

@@ -22,7 +22,7 @@ from receiver.errors import (
 from receiver.intake.responses import JSON, error_answer, status_for
 from receiver.metrics import CONTENT_TYPE
 from receiver.observability import request_id
-from receiver.web import api_v1
+from receiver.web import api_destinations, api_v1
 from receiver.web.openapi import document
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ routes = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     *api_v1.routes,
+    *api_destinations.routes,
 ]
 
 exception_handlers = {

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from receiver.config import Settings
 from receiver.crosscheck.run import CrossChecker
 from receiver.intake.endpoint import ReceiverApp, callback_endpoint
 from receiver.metrics import Metrics
-from receiver.observability import RequestIdMiddleware
+from receiver.observability import RequestIdMiddleware, redact
 from receiver.store.rejections import RejectionLog
 from receiver.store.writer import create_engine_for, open_writer
 from receiver.web import api, live
@@ -29,7 +29,7 @@ from receiver.web.console import routes as console
 from receiver.web.runtime import Runtime, build_crosschecker
 
 if TYPE_CHECKING:
-    pass
+    from receiver.forward.forwarder import Forwarder
 
 log = logging.getLogger("receiver.app")
 
@@ -84,6 +84,32 @@ def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
     return restore
 
 
+def _forwarder(settings: Settings, metrics: Metrics) -> Forwarder | None:
+    """The forwarder of the configured destinations, on an engine of its own (a slow query of
+    the API never holds its connections, nor it the API's)."""
+    if not settings.destinations:
+        return None
+    from receiver.forward.forwarder import Forwarder
+
+    for destination in settings.destinations:
+        redact(destination.credentials())
+    engine = create_engine_for(settings.database_url, pool_size=2)
+    return Forwarder(settings.destinations, engine=engine, metrics=metrics)
+
+
+def _and_wake(
+    observe: Callable[[Sequence[Any]], None], forwarder: Forwarder
+) -> Callable[[Sequence[Any]], None]:
+    """After each committed batch: the metrics, then the forwarder's wake-up (an event set;
+    the intake never waits for a destination)."""
+
+    def on_batch(outcomes: Sequence[Any]) -> None:
+        observe(outcomes)
+        forwarder.wake()
+
+    return on_batch
+
+
 def create_app(settings: Settings) -> ReceiverApp:
     """The receiver as an ASGI app. The schema must already be migrated
     (``receiver.store.migrate``)."""
@@ -98,8 +124,11 @@ def create_app(settings: Settings) -> ReceiverApp:
             max_pending=settings.store_max_pending,
             timeout=settings.store_timeout_seconds,
         )
-        writer.on_batch = metrics.observe_batch
         reader = create_engine_for(settings.database_url)
+        forwarder = _forwarder(settings, metrics)
+        writer.on_batch = metrics.observe_batch
+        if forwarder is not None:
+            writer.on_batch = _and_wake(metrics.observe_batch, forwarder)
         rejections = RejectionLog(reader, on_suppressed=metrics.rejections_unlogged.inc)
         app.state.runtime = Runtime(
             settings=settings,
@@ -108,6 +137,7 @@ def create_app(settings: Settings) -> ReceiverApp:
             rejections=rejections,
             metrics=metrics,
             endpoints={endpoint.name: endpoint for endpoint in settings.endpoints},
+            forwarder=forwarder,
         )
         runtime = app.state.runtime
         restore = _on_stop_signal(runtime.closing.set)
@@ -117,6 +147,8 @@ def create_app(settings: Settings) -> ReceiverApp:
             runtime.crosschecker.on_outcome = metrics.crosscheck_outcome
         await writer.start()
         await rejections.start()
+        if forwarder is not None:
+            await forwarder.start()
         periodic = None
         if runtime.crosschecker is not None and settings.metastudio is not None:
             interval = settings.metastudio.crosscheck_interval_seconds
@@ -131,6 +163,9 @@ def create_app(settings: Settings) -> ReceiverApp:
                 periodic.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await periodic
+            if forwarder is not None:
+                await forwarder.stop()
+                forwarder.engine.dispose()
             await rejections.stop()
             await writer.stop()
             if source is not None:

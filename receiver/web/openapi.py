@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from receiver import __version__
+from receiver.web import openapi_destinations
 from receiver.web.openapi_builders import Schema
 from receiver.web.openapi_paths import PATHS
 from receiver.web.openapi_schemas import SCHEMAS
@@ -25,12 +26,12 @@ DOCUMENT: Schema = {
         "description": "Receives, verifies, stores and serves Huawei Cloud MetaStudio livestream"
         " callbacks. Errors are {error_code, error_msg}; stream keys are masked in every answer.",
     },
-    "paths": PATHS,
+    "paths": {**PATHS, **openapi_destinations.PATHS},
     "components": {
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "One of api_tokens."}
         },
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **openapi_destinations.SCHEMAS},
     },
 }
 

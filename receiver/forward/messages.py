@@ -1,0 +1,117 @@
+"""A stored event, or a finding change, as the message every kind of destination is sent.
+
+The body is Standard Webhooks' payload shape (PRODUCT.md, "Forwarding")::
+
+    {"type": "metastudio.RTMP_STREAM_STATE_CHANGE", "timestamp": "2024-09-10T00:30:00Z",
+     "data": <the event as GET /v1/events/{id} answers it: stream keys masked>}
+
+It is built from the stored row alone, so every re-send of a message carries the same id
+(``evt_<event id>``, ``fnd_<finding change id>``) and the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from receiver.store.views import event_json, iso
+
+EVENT = "event"
+FINDING = "finding"
+# Messages of one order key reach a destination in the order they were stored.
+RESEND_PREFIX = "r:"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    type: str
+    body: bytes
+    # One job's events go one after another; findings, one finding's changes.
+    order_key: str
+    source: str
+    source_id: int
+    # When the receiver stored it (the end-to-end latency is measured from here).
+    stored_at: datetime
+    # The payload's data, for the chat formats (receiver.forward.chat).
+    data: dict[str, Any]
+
+
+def event_message_id(event_id: int) -> str:
+    return f"evt_{event_id}"
+
+
+def finding_message_id(change_id: int) -> str:
+    return f"fnd_{change_id}"
+
+
+def event_order_key(job_key: str | None, room_key: str | None) -> str:
+    if job_key:
+        return f"job:{job_key}"
+    return f"room:{room_key}" if room_key else "none"
+
+
+def event_message(row: Any) -> Message:
+    """``row``: an ``events`` row (every column)."""
+    data = event_json(row)
+    return _message(
+        message_id=event_message_id(row.id),
+        type_=f"metastudio.{row.event_type}",
+        stamp=row.received_at,
+        data=data,
+        order_key=event_order_key(row.job_key, row.room_key),
+        source=EVENT,
+        source_id=row.id,
+    )
+
+
+def finding_message(row: Any) -> Message:
+    """``row``: a ``finding_changes`` row."""
+    return _message(
+        message_id=finding_message_id(row.id),
+        type_=f"finding.{row.change}",
+        stamp=row.at,
+        data=dict(row.data),
+        order_key=f"finding:{row.finding_id}",
+        source=FINDING,
+        source_id=row.id,
+    )
+
+
+def _message(
+    *,
+    message_id: str,
+    type_: str,
+    stamp: datetime,
+    data: dict[str, Any],
+    order_key: str,
+    source: str,
+    source_id: int,
+) -> Message:
+    body = orjson.dumps({"type": type_, "timestamp": iso(stamp), "data": data})
+    return Message(
+        id=message_id,
+        type=type_,
+        body=body,
+        order_key=order_key,
+        source=source,
+        source_id=source_id,
+        stored_at=stamp,
+        data=data,
+    )
+
+
+def with_order_key(message: Message, order_key: str) -> Message:
+    return Message(
+        id=message.id,
+        type=message.type,
+        body=message.body,
+        order_key=order_key,
+        source=message.source,
+        source_id=message.source_id,
+        stored_at=message.stored_at,
+        data=message.data,
+    )

@@ -1,0 +1,393 @@
+"""What forwarding keeps in the database, read and written on a thread (never on the intake).
+
+- ``forward_state``: each destination's place in the event log and in the finding-change log
+  (everything up to it is settled), its lease, and its condition (failing since, retry at,
+  disabled, last error). A new destination starts at the logs' current end: it is handed what
+  is stored after it was added (``resend`` hands on older events).
+- ``forward_messages``: the messages a destination must be sent on their own (refused and
+  waiting, queued behind such a message of the same job, resent, or dead-lettered).
+- ``forward_attempts``: the bounded log of attempts.
+
+**Leases.** One replica at a time sends to a destination: the one whose ``lease_owner`` it is,
+until ``lease_until``. Leases are taken and renewed on the database's clock on PostgreSQL
+(replicas on several machines need not agree on the time) and every write a sender makes is
+fenced by ``lease_owner``: a replica that lost its lease (it stalled past ``lease_until``, and
+another took over) writes nothing, and stops. A replica that dies mid-send leaves its lease to
+run out; the next owner starts from the saved place, so what was in flight is sent again, with
+the same ids (at least once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from receiver.config import DestinationSettings
+from receiver.forward.messages import (
+    EVENT,
+    FINDING,
+    Message,
+    event_message,
+    finding_message,
+    with_order_key,
+)
+from receiver.store.models import (
+    Event,
+    FindingChange,
+    ForwardAttempt,
+    ForwardMessage,
+    ForwardState,
+)
+
+EVENTS = Event.__table__  # type: ignore[attr-defined]
+CHANGES = FindingChange.__table__  # type: ignore[attr-defined]
+STATE = ForwardState.__table__  # type: ignore[attr-defined]
+PARKED = ForwardMessage.__table__  # type: ignore[attr-defined]
+ATTEMPTS = ForwardAttempt.__table__  # type: ignore[attr-defined]
+
+PENDING = "pending"
+DEAD = "dead"
+# The attempts log keeps this many rows per destination.
+ATTEMPTS_KEPT = 1000
+
+
+@dataclass
+class StateRow:
+    """A destination's ``forward_state`` row, as read."""
+
+    name: str
+    event_cursor: int
+    finding_cursor: int
+    lease_owner: str | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    failing_since: datetime | None
+    failures: int
+    retry_at: datetime | None
+    last_delivered_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+@dataclass
+class Parked:
+    """A ``forward_messages`` row."""
+
+    id: int
+    message_id: str
+    source: str
+    source_id: int
+    order_key: str
+    attempts: int
+    next_attempt_at: datetime
+
+
+@dataclass
+class Save:
+    """What one round of sending changes, written in one transaction, fenced by the lease."""
+
+    event_cursor: int | None = None
+    finding_cursor: int | None = None
+    # Column values of forward_state (failing_since, failures, retry_at, last_error, ...).
+    state: dict[str, Any] = field(default_factory=dict)
+    park: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[int] = field(default_factory=list)
+    update: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return (
+            self.event_cursor is None
+            and self.finding_cursor is None
+            and not (self.state or self.park or self.delete or self.update or self.attempts)
+        )
+
+
+def _db_now(conn: Connection) -> Any:
+    """Now, in seconds since the epoch, on the database's clock where there is one."""
+    if conn.dialect.name == "postgresql":
+        return sa.func.extract("epoch", sa.func.clock_timestamp())
+    return sa.literal(time.time(), sa.Float())
+
+
+def insert_for(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def head_ids(conn: Connection) -> tuple[int, int]:
+    """The last event id and the last finding change id."""
+    events = conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0))).scalar_one()
+    changes = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.id), 0))).scalar_one()
+    return int(events), int(changes)
+
+
+def ensure(conn: Connection, names: Iterable[str], *, now: datetime) -> None:
+    """A ``forward_state`` row for each destination, new ones at the logs' current end."""
+    names = list(names)
+    if not names:
+        return
+    known = set(conn.execute(sa.select(STATE.c.name).where(STATE.c.name.in_(names))).scalars())
+    missing = [name for name in names if name not in known]
+    if not missing:
+        return
+    events, changes = head_ids(conn)
+    rows = [
+        {
+            "name": name,
+            "event_cursor": events,
+            "finding_cursor": changes,
+            "lease_until": 0.0,
+            "failures": 0,
+            "created_at": now,
+        }
+        for name in missing
+    ]
+    conn.execute(
+        insert_for(conn)(STATE).values(rows).on_conflict_do_nothing(index_elements=["name"])
+    )
+
+
+def claim(
+    conn: Connection, names: Sequence[str], *, owner: str, lease_seconds: float
+) -> list[StateRow]:
+    """Take or renew the lease of every destination in ``names`` that is free, run out, or
+    already ours; the rows of those now ours."""
+    if not names:
+        return []
+    now = _db_now(conn)
+    conn.execute(
+        sa.update(STATE)
+        .where(
+            STATE.c.name.in_(list(names)),
+            sa.or_(
+                STATE.c.lease_owner == owner,
+                STATE.c.lease_owner.is_(None),
+                STATE.c.lease_until < now,
+            ),
+        )
+        .values(lease_owner=owner, lease_until=now + lease_seconds)
+    )
+    rows = conn.execute(
+        sa.select(STATE).where(STATE.c.name.in_(list(names)), STATE.c.lease_owner == owner)
+    )
+    return [_state(row) for row in rows]
+
+
+def release(conn: Connection, names: Sequence[str], *, owner: str) -> None:
+    """Let go of these leases at once (a replica stopping), for another replica to take."""
+    if names:
+        conn.execute(
+            sa.update(STATE)
+            .where(STATE.c.name.in_(list(names)), STATE.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=0.0)
+        )
+
+
+def states(conn: Connection, names: Sequence[str]) -> dict[str, StateRow]:
+    rows = conn.execute(sa.select(STATE).where(STATE.c.name.in_(list(names))))
+    return {row.name: _state(row) for row in rows}
+
+
+def _state(row: Any) -> StateRow:
+    return StateRow(
+        name=row.name,
+        event_cursor=int(row.event_cursor),
+        finding_cursor=int(row.finding_cursor),
+        lease_owner=row.lease_owner,
+        disabled_at=row.disabled_at,
+        disabled_reason=row.disabled_reason,
+        failing_since=row.failing_since,
+        failures=int(row.failures),
+        retry_at=row.retry_at,
+        last_delivered_at=row.last_delivered_at,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
+    )
+
+
+def event_filters(destination: DestinationSettings) -> list[Any]:
+    conditions = []
+    if destination.endpoints is not None:
+        conditions.append(EVENTS.c.endpoint.in_(sorted(destination.endpoints)))
+    if destination.event_types is not None:
+        conditions.append(EVENTS.c.event_type.in_(sorted(destination.event_types)))
+    return conditions
+
+
+def read_events(
+    conn: Connection, destination: DestinationSettings, *, after: int, limit: int
+) -> tuple[list[Message], int]:
+    """The destination's next events after ``after`` (at most ``limit``), and the last event id
+    when they were read: every event up to it that is not listed is not for this destination."""
+    head = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0))).scalar_one())
+    if head <= after:
+        return [], head
+    query = (
+        sa.select(EVENTS)
+        .where(EVENTS.c.id > after, EVENTS.c.id <= head, *event_filters(destination))
+        .order_by(EVENTS.c.id)
+        .limit(limit)
+    )
+    return [event_message(row) for row in conn.execute(query)], head
+
+
+def read_findings(conn: Connection, *, after: int, limit: int) -> tuple[list[Message], int]:
+    head = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.id), 0))).scalar_one())
+    if head <= after:
+        return [], head
+    query = (
+        sa.select(CHANGES)
+        .where(CHANGES.c.id > after, CHANGES.c.id <= head)
+        .order_by(CHANGES.c.id)
+        .limit(limit)
+    )
+    return [finding_message(row) for row in conn.execute(query)], head
+
+
+def parked_heads(conn: Connection, name: str) -> tuple[list[Parked], int]:
+    """The first pending message of each order key (whose own turn decides when the key goes
+    on), and how many are pending outside resends (the bound on parking)."""
+    first = (
+        sa.select(PARKED.c.order_key, sa.func.min(PARKED.c.id).label("id"))
+        .where(PARKED.c.destination == name, PARKED.c.state == PENDING)
+        .group_by(PARKED.c.order_key)
+        .subquery()
+    )
+    rows = conn.execute(sa.select(PARKED).join(first, PARKED.c.id == first.c.id))
+    heads = [_parked(row) for row in rows]
+    count = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(PARKED)
+        .where(
+            PARKED.c.destination == name,
+            PARKED.c.state == PENDING,
+            sa.not_(PARKED.c.order_key.startswith("r:")),
+        )
+    ).scalar_one()
+    return sorted(heads, key=lambda head: head.id), int(count)
+
+
+def parked_runs(
+    conn: Connection, name: str, order_keys: Sequence[str], *, limit: int
+) -> list[tuple[Parked, Message | None]]:
+    """The pending messages of ``order_keys`` in order, each with its message (None when its
+    event or finding change is no longer stored)."""
+    rows = [
+        _parked(row)
+        for row in conn.execute(
+            sa.select(PARKED)
+            .where(
+                PARKED.c.destination == name,
+                PARKED.c.state == PENDING,
+                PARKED.c.order_key.in_(list(order_keys)),
+            )
+            .order_by(PARKED.c.id)
+            .limit(limit)
+        )
+    ]
+    events = [row.source_id for row in rows if row.source == EVENT]
+    changes = [row.source_id for row in rows if row.source == FINDING]
+    found: dict[tuple[str, int], Message] = {}
+    for start in range(0, len(events), 500):
+        chunk = events[start : start + 500]
+        for event in conn.execute(sa.select(EVENTS).where(EVENTS.c.id.in_(chunk))):
+            found[(EVENT, event.id)] = event_message(event)
+    for start in range(0, len(changes), 500):
+        chunk = changes[start : start + 500]
+        for change in conn.execute(sa.select(CHANGES).where(CHANGES.c.id.in_(chunk))):
+            found[(FINDING, change.id)] = finding_message(change)
+    runs: list[tuple[Parked, Message | None]] = []
+    for row in rows:
+        message = found.get((row.source, row.source_id))
+        if message is not None and message.order_key != row.order_key:
+            message = with_order_key(message, row.order_key)
+        runs.append((row, message))
+    return runs
+
+
+def _parked(row: Any) -> Parked:
+    return Parked(
+        id=int(row.id),
+        message_id=row.message_id,
+        source=row.source,
+        source_id=int(row.source_id),
+        order_key=row.order_key,
+        attempts=int(row.attempts),
+        next_attempt_at=row.next_attempt_at,
+    )
+
+
+def park_row(
+    name: str,
+    message: Message,
+    *,
+    attempts: int,
+    next_attempt_at: datetime,
+    error: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "destination": name,
+        "message_id": message.id,
+        "source": message.source,
+        "source_id": message.source_id,
+        "order_key": message.order_key,
+        "state": PENDING,
+        "attempts": attempts,
+        "next_attempt_at": next_attempt_at,
+        "last_error": error[:500] if error else None,
+        "created_at": now,
+    }
+
+
+def save(conn: Connection, name: str, *, owner: str, change: Save) -> bool:
+    """Write ``change`` if this replica still holds the lease; False (nothing written) if not."""
+    values: dict[str, Any] = dict(change.state)
+    if change.event_cursor is not None:
+        values["event_cursor"] = change.event_cursor
+    if change.finding_cursor is not None:
+        values["finding_cursor"] = change.finding_cursor
+    fence = sa.update(STATE).where(STATE.c.name == name, STATE.c.lease_owner == owner)
+    # Touch the row even with nothing to set: the fence must hold for the rest to be written.
+    result = conn.execute(fence.values(values or {"lease_owner": owner}))
+    if result.rowcount != 1:
+        return False
+    if change.park:
+        insert = insert_for(conn)(PARKED).values(change.park)
+        conn.execute(insert.on_conflict_do_nothing(index_elements=["destination", "message_id"]))
+    for update in change.update:
+        row_id = update["id"]
+        conn.execute(
+            sa.update(PARKED)
+            .where(PARKED.c.id == row_id)
+            .values({k: v for k, v in update.items() if k != "id"})
+        )
+    if change.delete:
+        conn.execute(sa.delete(PARKED).where(PARKED.c.id.in_(change.delete)))
+    if change.attempts:
+        conn.execute(sa.insert(ATTEMPTS), change.attempts)
+    return True
+
+
+def prune_attempts(conn: Connection, name: str, *, keep: int = ATTEMPTS_KEPT) -> int:
+    """Keep the newest ``keep`` attempts of ``name``; returns how many went."""
+    cutoff = conn.execute(
+        sa.select(ATTEMPTS.c.id)
+        .where(ATTEMPTS.c.destination == name)
+        .order_by(ATTEMPTS.c.id.desc())
+        .offset(keep)
+        .limit(1)
+    ).scalar()
+    if cutoff is None:
+        return 0
+    result = conn.execute(
+        sa.delete(ATTEMPTS).where(ATTEMPTS.c.destination == name, ATTEMPTS.c.id <= cutoff)
+    )
+    return int(result.rowcount or 0)
