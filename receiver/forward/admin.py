@@ -226,7 +226,9 @@ def resend(
         ]
         skipped += len(rows) - len(wanted)
         ids = [event_message_id(row.id) for row in wanted]
-        queued += _revive(conn, destination.name, ids, now)
+        _revive(conn, destination.name, ids, now)
+        # Every one wanted is now queued: revived, added below, or waiting already.
+        queued += len(wanted)
         fresh = [
             {
                 "destination": destination.name,
@@ -245,10 +247,13 @@ def resend(
         for start in range(0, len(fresh), 500):
             chunk = fresh[start : start + 500]
             insert = store.insert_for(conn)(store.PARKED).values(chunk)
-            result = conn.execute(
-                insert.on_conflict_do_nothing(index_elements=["destination", "message_id"])
+            # Waiting already (perhaps in a round under way): queued again from now.
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["destination", "message_id"],
+                    set_={"state": store.PENDING, "next_attempt_at": now, "created_at": now},
+                )
             )
-            queued += int(result.rowcount or 0)
     return {"queued": queued, "skipped": skipped}
 
 

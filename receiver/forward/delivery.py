@@ -230,7 +230,14 @@ class DestinationLoop:
         sendable = []
         for row, message in runs:
             if message is None:  # its event is no longer stored: nothing can be sent
-                change.update.append({"id": row.id, "state": store.DEAD, "last_error": _GONE_ROW})
+                change.update.append(
+                    {
+                        "id": row.id,
+                        "queued_at": row.queued_at,
+                        "state": store.DEAD,
+                        "last_error": _GONE_ROW,
+                    }
+                )
                 self.attempts.dead_lettered(row.message_id, None, now, error=_GONE_ROW)
             else:
                 sendable.append((row, message))
@@ -239,13 +246,14 @@ class DestinationLoop:
         self.attempts.record(messages, sent, now)
         rows = {row.id: row for row, _ in sendable}
         round_ = settle_parked([(row.id, m) for row, m in sendable], sent)
-        change.delete = [row_id for row_id, _, _ in round_.delivered]
+        change.delete = [(row_id, rows[row_id].queued_at) for row_id, _, _ in round_.delivered]
         for row_id, message, outcome in round_.refused:
             refusals = rows[row_id].attempts + 1
             if schedule.spent(self.destination.retry_seconds, refusals):
                 change.update.append(
                     {
                         "id": row_id,
+                        "queued_at": rows[row_id].queued_at,
                         "state": store.DEAD,
                         "attempts": refusals,
                         "last_error": outcome.error,
@@ -266,6 +274,7 @@ class DestinationLoop:
                 change.update.append(
                     {
                         "id": row_id,
+                        "queued_at": rows[row_id].queued_at,
                         "attempts": refusals,
                         "next_attempt_at": now + timedelta(seconds=wait),
                         "last_error": outcome.error,

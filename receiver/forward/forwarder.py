@@ -79,8 +79,17 @@ class Forwarder:
         self._renewed = asyncio.Event()
 
     async def start(self) -> None:
+        """Before the server takes requests: a new destination's place is set at the logs' end
+        now, so the callbacks that follow are all handed to it (if the store does not answer,
+        the lease keeper sets it as soon as it does)."""
         if not self.loops:
             return
+        try:
+            await self._claim()
+        except DBAPIError as exc:
+            log.warning(
+                "forwarding: the store did not answer at start (%s)", type(exc.orig).__name__
+            )
         self._tasks.append(asyncio.create_task(self._keep_leases(), name="forward-leases"))
         if self.metrics is not None:
             self._tasks.append(asyncio.create_task(self._measure(), name="forward-measure"))

@@ -87,6 +87,9 @@ class Parked:
     order_key: str
     attempts: int
     next_attempt_at: datetime
+    # When it was queued (again): a resend of a message already waiting re-queues it, and what
+    # a round in flight decided about the earlier one then no longer applies to it.
+    queued_at: datetime
 
 
 @dataclass
@@ -98,7 +101,8 @@ class Save:
     # Column values of forward_state (failing_since, failures, retry_at, last_error, ...).
     state: dict[str, Any] = field(default_factory=dict)
     park: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[int] = field(default_factory=list)
+    # (row id, queued_at as read): delivered, unless queued again since.
+    delete: list[tuple[int, datetime]] = field(default_factory=list)
     update: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -321,6 +325,7 @@ def _parked(row: Any) -> Parked:
         order_key=row.order_key,
         attempts=int(row.attempts),
         next_attempt_at=row.next_attempt_at,
+        queued_at=row.created_at,
     )
 
 
@@ -363,14 +368,19 @@ def save(conn: Connection, name: str, *, owner: str, change: Save) -> bool:
         insert = insert_for(conn)(PARKED).values(change.park)
         conn.execute(insert.on_conflict_do_nothing(index_elements=["destination", "message_id"]))
     for update in change.update:
-        row_id = update["id"]
         conn.execute(
             sa.update(PARKED)
-            .where(PARKED.c.id == row_id)
-            .values({k: v for k, v in update.items() if k != "id"})
+            .where(PARKED.c.id == update["id"], PARKED.c.created_at == update["queued_at"])
+            .values({k: v for k, v in update.items() if k not in ("id", "queued_at")})
         )
     if change.delete:
-        conn.execute(sa.delete(PARKED).where(PARKED.c.id.in_(change.delete)))
+        conn.execute(
+            sa.delete(PARKED).where(
+                PARKED.c.id == sa.bindparam("row_id"),
+                PARKED.c.created_at == sa.bindparam("queued_at", type_=PARKED.c.created_at.type),
+            ),
+            [{"row_id": row_id, "queued_at": queued_at} for row_id, queued_at in change.delete],
+        )
     if change.attempts:
         conn.execute(sa.insert(ATTEMPTS), change.attempts)
     return True

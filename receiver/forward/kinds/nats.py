@@ -46,14 +46,18 @@ class NatsTransport(Transport):
     async def _connect(self) -> Any:
         if self._nc is None or self._nc.is_closed:
             timeout = self.destination.timeout_seconds
-            self._nc = await nats.connect(
-                self.destination.url,
-                connect_timeout=timeout,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=_quiet,
-                disconnected_cb=_none,
-                closed_cb=_none,
+            # nats-py can keep trying a refused server past connect_timeout: bounded here.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.destination.url,
+                    connect_timeout=timeout,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    error_cb=_quiet,
+                    disconnected_cb=_none,
+                    closed_cb=_none,
+                ),
+                timeout,
             )
             self._js = self._nc.jetstream(timeout=timeout)
         return self._js
@@ -61,8 +65,9 @@ class NatsTransport(Transport):
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
-            with contextlib.suppress(NatsError, OSError, asyncio.TimeoutError):
-                await nc.close()
+            # On a broken connection close() can wait for a flush that never comes.
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
+                await asyncio.wait_for(nc.close(), self.destination.timeout_seconds)
 
     async def send(self, messages: Sequence[Message]) -> list[Outcome | None]:
         started = time.monotonic()
@@ -109,8 +114,8 @@ class NatsTransport(Transport):
                 f"no JetStream stream captures {self.destination.topic}.> (no responders): "
                 "add one, e.g. nats stream add --subjects '" + self.destination.topic + ".>'"
             )
-        if isinstance(exc, asyncio.TimeoutError):
-            return f"no answer within {self.destination.timeout_seconds:g} s"
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.destination.timeout_seconds:g} s (or refused)"
         return scrub(short(exc), self.destination.url)
 
 
