@@ -221,7 +221,8 @@ def fake_metastudio_fixtures(**options: Any) -> tuple[Any, Any, Any]:
 
 
 def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **top: Any) -> Path:
-    """A receiver.toml with the given endpoint tables (values: str, int, float, bool, lists)."""
+    """A receiver.toml with the given endpoint tables (values: str, int, float, bool, lists); a
+    top-level value that is a list of dicts becomes an array of tables (``destinations=[...]``)."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -232,11 +233,17 @@ def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **to
             return "[" + ", ".join(value(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(t, dict) for t in v)
+
     lines = [f"database_url = {value(database_url)}"]
-    lines += [f"{k} = {value(v)}" for k, v in top.items()]
-    for table in endpoints or (endpoint_table(),):
-        lines.append("[[endpoints]]")
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+    lines += [f"{k} = {value(v)}" for k, v in top.items() if not tables(v)]
+    arrays = {"endpoints": list(endpoints or (endpoint_table(),))}
+    arrays.update({k: v for k, v in top.items() if tables(v)})  # e.g. destinations=[{...}]
+    for key, items in arrays.items():
+        for table in items:
+            lines.append(f"[[{key}]]")
+            lines += [f"{k} = {value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from receiver.config import DestinationSettings
 from receiver.errors import NotFound, QueryError
-from receiver.forward import store
+from receiver.forward import logs, store
 from receiver.forward.conditions import ACTIVE, DISABLED, RETRYING
 from receiver.forward.messages import (
     EVENT,
@@ -114,7 +114,7 @@ def _lag(
     counted: list[tuple[int, datetime | None]] = []
     if destination.takes_events:
         events = store.EVENTS.c
-        after = [events.id > row.event_cursor, *store.event_filters(destination)]
+        after = [events.id > row.event_cursor, *logs.event_filters(destination)]
         counted.append(_past(conn, events.id, events.received_at, after))
     if destination.takes_findings:
         changes = store.CHANGES.c

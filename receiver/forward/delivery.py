@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from receiver.config import DestinationSettings
 from receiver.errors import StoreUnavailable
-from receiver.forward import schedule, store
+from receiver.forward import logs, schedule, store
 from receiver.forward.attempts import AttemptLog
 from receiver.forward.conditions import Conditions
 from receiver.forward.messages import EVENT, FINDING, Message
@@ -159,9 +159,9 @@ class DestinationLoop:
         if source == EVENT:
 
             def read(conn: Any) -> tuple[list[Message], int]:
-                return store.read_events(conn, self.destination, after=cursor, limit=BATCH)
+                return logs.read_events(conn, self.destination, after=cursor, limit=BATCH)
         else:
-            read = lambda conn: store.read_findings(conn, after=cursor, limit=BATCH)  # noqa: E731
+            read = lambda conn: logs.read_findings(conn, after=cursor, limit=BATCH)  # noqa: E731
         messages, head = await self._db(read)
         if not messages:
             if head > cursor:

@@ -29,7 +29,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from receiver.config import DestinationSettings
 from receiver.forward.messages import (
     EVENT,
     FINDING,
@@ -214,45 +213,6 @@ def _state(row: Any) -> StateRow:
         last_error=row.last_error,
         last_error_at=row.last_error_at,
     )
-
-
-def event_filters(destination: DestinationSettings) -> list[Any]:
-    conditions = []
-    if destination.endpoints is not None:
-        conditions.append(EVENTS.c.endpoint.in_(sorted(destination.endpoints)))
-    if destination.event_types is not None:
-        conditions.append(EVENTS.c.event_type.in_(sorted(destination.event_types)))
-    return conditions
-
-
-def read_events(
-    conn: Connection, destination: DestinationSettings, *, after: int, limit: int
-) -> tuple[list[Message], int]:
-    """The destination's next events after ``after`` (at most ``limit``), and the last event id
-    when they were read: every event up to it that is not listed is not for this destination."""
-    head = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0))).scalar_one())
-    if head <= after:
-        return [], head
-    query = (
-        sa.select(EVENTS)
-        .where(EVENTS.c.id > after, EVENTS.c.id <= head, *event_filters(destination))
-        .order_by(EVENTS.c.id)
-        .limit(limit)
-    )
-    return [event_message(row) for row in conn.execute(query)], head
-
-
-def read_findings(conn: Connection, *, after: int, limit: int) -> tuple[list[Message], int]:
-    head = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.id), 0))).scalar_one())
-    if head <= after:
-        return [], head
-    query = (
-        sa.select(CHANGES)
-        .where(CHANGES.c.id > after, CHANGES.c.id <= head)
-        .order_by(CHANGES.c.id)
-        .limit(limit)
-    )
-    return [finding_message(row) for row in conn.execute(query)], head
 
 
 def parked_heads(conn: Connection, name: str) -> tuple[list[Parked], int]:

@@ -14,6 +14,8 @@ once; what it records is guarded by a lock.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +53,7 @@ class WebhookSink:
         self._queue: list[_Answer] = []
         self._refused: dict[str, _Answer] = {}
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
 
     @property
@@ -63,9 +66,22 @@ class WebhookSink:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                with sink._lock:
+                    sink._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with sink._lock:
+                    sink._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away mid-request: nothing arrived
+                    self.close_connection = True
+                    return
                 answer = sink._answer_for(self.headers.get("webhook-id", ""))
                 if sink.delay:
                     time.sleep(sink.delay)
@@ -81,7 +97,11 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a sender that went away mid-request (killed): nothing to report
+
+        server = Server((self.host, self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -90,11 +110,17 @@ class WebhookSink:
         return self
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused until :meth:`start`."""
+        """Stop listening and cut the open connections: the destination is down (connections
+        refused) until :meth:`start`."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def answer(
         self,

@@ -9,127 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
-import nats
 import pytest
 import redis
-from forwarding_world import AUTH, destinations, first_seen_order, send, wait_until
+from forwarding_world import (
+    AMQP_PORT,
+    AUTH,
+    NATS_PORT,
+    REDIS_PORT,
+    destination,
+    destinations,
+    first_seen_order,
+    nats_messages,
+    rabbit_messages,
+    redis_entries,
+    send,
+    wait_until,
+)
 from tcp_proxy import TcpProxy
-
-REDIS_PORT, NATS_PORT, AMQP_PORT = 6379, 4222, 5672
-
-
-@pytest.fixture
-def topic() -> str:
-    return f"rcv-{uuid.uuid4().hex[:10]}"
-
-
-def destination(kind: str, port: int, topic: str, **more: Any) -> dict[str, Any]:
-    scheme = {"redis": "redis://", "nats": "nats://", "rabbitmq": "amqp://guest:guest@"}[kind]
-    return {
-        "name": kind,
-        "kind": kind,
-        "url": f"{scheme}127.0.0.1:{port}",
-        "topic": topic,
-        "retry_seconds": [0.2, 0.5],
-        "timeout_seconds": 3,
-        **more,
-    }
-
-
-# -- what each broker holds, read back with its own client -------------------------------------
-
-
-def redis_entries(topic: str) -> list[dict[str, Any]]:
-    client = redis.Redis(port=REDIS_PORT)
-    try:
-        entries = client.xrange(topic)
-    finally:
-        client.close()
-    return [{k.decode(): v for k, v in fields.items()} for _, fields in entries]
-
-
-async def _nats(work: Any) -> Any:
-    nc = await nats.connect(f"nats://127.0.0.1:{NATS_PORT}")
-    try:
-        return await work(nc.jetstream())
-    finally:
-        await nc.close()
-
-
-@pytest.fixture
-def nats_stream(topic: str) -> Iterator[str]:
-    name = topic.replace("-", "_").upper()
-
-    async def add(js: Any) -> None:
-        await js.add_stream(name=name, subjects=[f"{topic}.>"])
-
-    async def delete(js: Any) -> None:
-        await js.delete_stream(name)
-
-    asyncio.run(_nats(add))
-    yield name
-    asyncio.run(_nats(delete))
-
-
-def nats_messages(stream: str) -> list[tuple[str, dict[str, str], bytes]]:
-    async def read(js: Any) -> list[tuple[str, dict[str, str], bytes]]:
-        info = await js.stream_info(stream)
-        found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
-            found.append((msg.subject, dict(msg.headers or {}), msg.data))
-        return found if info.state.messages else []
-
-    result: list[tuple[str, dict[str, str], bytes]] = asyncio.run(_nats(read))
-    return result
-
-
-@pytest.fixture
-def rabbit_queue(topic: str) -> Iterator[str]:
-    """A queue bound to every routing key of the exchange ``topic`` (declared as the receiver
-    declares it)."""
-
-    async def setup() -> None:
-        connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}")
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.declare_exchange(
-                topic, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            queue = await channel.declare_queue(topic, durable=False, auto_delete=False)
-            await queue.bind(exchange, routing_key="metastudio.#")
-
-    async def teardown() -> None:
-        connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}")
-        async with connection:
-            channel = await connection.channel()
-            await channel.queue_delete(topic)
-            await channel.exchange_delete(topic)
-
-    asyncio.run(setup())
-    yield topic
-    asyncio.run(teardown())
-
-
-def rabbit_messages(queue_name: str) -> list[Any]:
-    async def drain() -> list[Any]:
-        connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}")
-        found = []
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.get_queue(queue_name)
-            while (message := await queue.get(no_ack=True, fail=False)) is not None:
-                found.append(message)
-        return found
-
-    result: list[Any] = asyncio.run(drain())
-    return result
-
 
 # -- the tests ---------------------------------------------------------------------------------
 
