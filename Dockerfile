@@ -15,7 +15,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY receiver ./receiver
 COPY migrations ./migrations
 # Every dependency ships as a wheel, so the image needs no compiler. /venv is copied whole.
-RUN python -m venv /venv && /venv/bin/pip install --prefer-binary . \
+RUN python -m venv /venv && /venv/bin/pip install --only-binary=:all: . \
     && /venv/bin/pip uninstall -y pip setuptools wheel
 
 FROM python:3.11-slim
