@@ -19,6 +19,7 @@ CA_BUNDLE="/etc/ssl/certs/ca-certificates.crt"
 LABEL="io.metastudio-receiver.base-recipe"
 
 recipe="$(cat "$0" "$CA_BUNDLE" | sha256sum | cut -c1-16)"
+previous=""
 if podman image exists "$IMAGE"; then
     made="$(podman image inspect --format "{{ index .Labels \"$LABEL\" }}" "$IMAGE")"
     if [ "$made" = "$recipe" ]; then
@@ -28,6 +29,7 @@ if podman image exists "$IMAGE"; then
         echo "container-base: $IMAGE exists and was not made here; using it as it is"
         exit 0
     fi
+    previous="$(podman image inspect --format '{{.Id}}' "$IMAGE")"  # an older recipe's
 fi
 
 work="$(mktemp -d /var/tmp/receiver-base.XXXXXX)"
@@ -53,5 +55,8 @@ tar --numeric-owner -C "$root" -c . | podman import --quiet \
     --change 'CMD ["python3"]' \
     --change "LABEL $LABEL=$recipe" \
     - "$IMAGE" >/dev/null
+if [ -n "$previous" ]; then
+    podman image rm "$previous" >/dev/null 2>&1 || true  # kept while an image still uses it
+fi
 size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
 echo "container-base: made $IMAGE (recipe $recipe, $((size / 1000000)) MB) in $((SECONDS - start)) s"
