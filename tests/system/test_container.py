@@ -77,6 +77,7 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Dockerfile built by podman on the base made here (its tag), removed afterwards."""
+    module_started = time.monotonic()
     if shutil.which("podman") is None:
         unavailable("podman is not installed (apt-get install podman buildah runc debootstrap)")
     base = make_base()
@@ -91,6 +92,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield tag
     finally:
         podman("rmi", "--force", tag, check=False)
+        FIGURES["module"] = f"{time.monotonic() - module_started:.0f} s in all"
         REPORT.append("container: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items()))
 
 
