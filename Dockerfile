@@ -7,6 +7,7 @@
 #       metastudio-receiver                                 # serve (refuses an old schema)
 #
 # examples/deploy/ holds a compose file for N replicas behind a load balancer on PostgreSQL.
+# CI builds this file and runs the image (tests/system/test_container.py, with podman).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
