@@ -7,6 +7,7 @@
 #       metastudio-receiver                                 # serve (refuses an old schema)
 #
 # examples/deploy/ holds a compose file for N replicas behind a load balancer on PostgreSQL.
+# CI builds this file and runs the image (tests/system/test_container.py, with podman).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -15,7 +16,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY receiver ./receiver
 COPY migrations ./migrations
 # Every dependency ships as a wheel, so the image needs no compiler. /venv is copied whole.
-RUN python -m venv /venv && /venv/bin/pip install --prefer-binary . \
+RUN python -m venv /venv && /venv/bin/pip install --only-binary=:all: . \
     && /venv/bin/pip uninstall -y pip setuptools wheel
 
 FROM python:3.11-slim

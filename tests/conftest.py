@@ -51,6 +51,16 @@ REGISTERED = "https://hooks.example.com/callbacks/shop-a"
 SERVE = (sys.executable, "-m", "receiver", "serve")
 
 
+REPORT: list[str] = []
+"""Figures that tests measured (the container test's build time, image size and stop time),
+printed at the end of the run."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in REPORT:
+        terminalreporter.write_line(line)
+
+
 def _pg_conninfo(url: str) -> str:
     parsed = make_url(url)
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)

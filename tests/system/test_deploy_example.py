@@ -1,9 +1,10 @@
 """The Dockerfile and examples/deploy/ agree with the code.
 
-No container engine runs in CI, so the image and the compose file are not started here; what can
-drift without one is checked instead: every command they run is one the CLI accepts, the config
-they mount loads with the secrets file's variables, the ports and the health check line up, and
-the replicas start only after the migration step.
+The image is built and run by test_container.py; the compose file is not started here (its
+postgres and nginx images cannot be pulled without a registry, see README's Deployment section),
+so what can drift without it is checked instead: every command they run is one the CLI accepts,
+the config they mount loads with the secrets file's variables, the ports and the health check
+line up, and the replicas start only after the migration step.
 """
 
 from __future__ import annotations
