@@ -1,7 +1,8 @@
 """The ``metastudio-receiver`` command: thin subcommands over the library.
 
 Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``. Beside it:
-``events`` (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
+``init`` (a config, its secrets file, and what to register with MetaStudio), ``events``
+(``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
 flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands)
 and ``demo`` (the demo's stage) with ``demo_walkthrough`` (what the demo shows and checks).
 """
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--room-id", help="only this room (default: every room events came from)")
     check.set_defaults(run=cmd_crosscheck)
+    from receiver.cli import init as cli_init
+
+    cli_init.register(commands)
     from receiver.cli import events as cli_events
 
     cli_events.register(commands)
