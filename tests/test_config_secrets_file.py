@@ -3,6 +3,7 @@ receiver.config.environment)."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from conftest import KEY, REGISTERED
 
 from receiver.config import load_settings, settings_from_mapping
+from receiver.config.environment import unset_variables
+from receiver.config.secrets_file import read_secrets
 from receiver.errors import ConfigError
 
 CONFIG = f"""\
@@ -133,3 +136,18 @@ def test_metastudio_token_env_replaces_the_default_ak_sk() -> None:
         settings_from_mapping(data, environ={})
     assert caught.value.message.startswith("metastudio.token_env: ")
     assert "HUAWEICLOUD_SDK" not in caught.value.message
+
+
+def test_the_example_config_loads_with_the_example_environment_file() -> None:
+    """examples/receiver.env.example sets every variable examples/receiver.toml names (as
+    `set -a; . receiver.env`, or as its secrets_file), and nothing it does not read."""
+    examples = Path(__file__).parent.parent / "examples"
+    environ = read_secrets(examples / "receiver.env.example")
+    data = tomllib.loads((examples / "receiver.toml").read_text())
+    assert {variable for _, variable in unset_variables(data, {})} == set(environ)
+    settings = load_settings(path=examples / "receiver.toml", environ=environ)
+    assert [e.name for e in settings.endpoints] == ["shop-a", "shop-b"]
+    assert settings.database_url == data["database_url"]  # RECEIVER_DATABASE_URL stays opt-in
+    # The same file named as the config's secrets_file: nothing from the environment at all.
+    with_file = {**data, "secrets_file": str(examples / "receiver.env.example")}
+    assert settings_from_mapping(with_file, environ={}).api_tokens == settings.api_tokens

@@ -5,6 +5,8 @@ Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``
 (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
 flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands)
 and ``demo`` (the demo's stage) with ``demo_walkthrough`` (what the demo shows and checks).
+What commands share: ``command`` (``CommandError``, one line and exit 2; how the program was
+started), ``store_access`` (opening the configured store) and ``api_access`` (calling a receiver).
 """
 
 from __future__ import annotations
