@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from receiver.cli.api_access import add_api_options
+from receiver.cli.command import CommandError
 from receiver.cli.store_access import open_store
 from receiver.config import load_settings
 from receiver.store import queries
@@ -99,7 +101,7 @@ def cmd_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     count = 0
     with open_store(settings, config=args.config) as engine, engine.connect() as conn:
         # Opened once the store is known to be there: a refused command leaves no empty file.
-        out: TextIO = sys.stdout if args.output in (None, "-") else open(args.output, "w")  # noqa: SIM115
+        out: TextIO = sys.stdout if args.output in (None, "-") else _output(args.output)
         try:
             for record in queries.export_events(conn, **filters):
                 out.write(orjson.dumps(record).decode() + "\n")
@@ -111,14 +113,19 @@ def cmd_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _output(path: str) -> TextIO:
+    try:
+        return open(path, "w")  # closed by the caller
+    except OSError as exc:
+        raise CommandError(f"--output: cannot write {path}: {exc.strerror}") from None
+
+
 def register(commands: Any) -> None:
     events = commands.add_parser("events", help="list stored events (as GET /v1/events)")
     add_filters(events)
     events.add_argument("--limit", help="1-1000, default 100")
     events.add_argument("--cursor")
     events.add_argument("--json", action="store_true", help="the API's JSON answer")
-    from receiver.cli.api_access import add_api_options
-
     add_api_options(events)
     events.set_defaults(run=cmd_events)
     export = commands.add_parser("export", help="stored events with original bytes, JSON Lines")
