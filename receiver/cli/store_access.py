@@ -47,7 +47,8 @@ def open_store(
     if path is not None and not os.path.exists(path):
         if config is not None:
             raise CommandError(
-                f"no database at {path} (the config's database_url): create it with `{migrate}`"
+                f"no database at {path}: create it with `{migrate}`, or check database_url in "
+                "the config (or RECEIVER_DATABASE_URL)"
             )
         raise CommandError(
             f"no database at {path}: give the receiver's config (--config or RECEIVER_CONFIG) "
