@@ -1,10 +1,13 @@
 """The ``metastudio-receiver`` command: thin subcommands over the library.
 
 Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``. Beside it:
-``events`` (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the
-flags and exit codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands),
+``init`` (a config, its secrets file, and what to register with MetaStudio), ``events``
+(``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the flags and exit
+codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands),
 ``destinations`` (forwarding: state, attempts, resend, enable, disable) and ``demo`` (the demo's
-stage) with ``demo_walkthrough`` (what the demo shows and checks).
+stage) with ``demo_walkthrough`` (what the demo shows and checks). What commands share:
+``command`` (``CommandError``, one line and exit 2; how the program was started),
+``store_access`` (opening the configured store) and ``api_access`` (calling a receiver).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from receiver import __version__
+from receiver.cli.command import EXIT_CANNOT, CommandError
 from receiver.config import Settings, load_settings
-from receiver.errors import ConfigError, ReceiverError
+from receiver.errors import ConfigError, ReceiverError, StoreUnavailable
 
 log = logging.getLogger("receiver")
 
@@ -33,7 +37,8 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from receiver.store.migrate import require_current, upgrade
+    from receiver.cli.store_access import migrate_problem, open_store
+    from receiver.store.migrate import upgrade
     from receiver.web.serving import check_workers, serve
 
     settings = _settings(args, environ)
@@ -41,9 +46,13 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     workers = args.workers if args.workers is not None else settings.workers
     check_workers(settings, workers)  # before migrating: a refused combination changes nothing
     if args.no_migrate:
-        require_current(settings.database_url)
+        with open_store(settings, config=args.config):
+            pass  # there, reachable, and at this version's migration: nothing is created
     else:
-        upgrade(settings.database_url)
+        try:
+            upgrade(settings.database_url)
+        except StoreUnavailable as exc:
+            raise migrate_problem(settings.database_url, exc) from None
     if not settings.endpoints:
         log.warning("no [[endpoints]] configured: every callback will be answered 404")
     for endpoint in settings.endpoints:
@@ -61,11 +70,15 @@ def cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from receiver.cli.store_access import migrate_problem
     from receiver.store.migrate import upgrade
 
     settings = _settings(args, environ)
     setup_logging(settings)
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except StoreUnavailable as exc:
+        raise migrate_problem(settings.database_url, exc) from None
     print("schema is at the latest migration")
     return 0
 
@@ -111,7 +124,7 @@ def cmd_crosscheck(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import asyncio
     import json
 
-    from receiver.store.writer import create_engine_for
+    from receiver.cli.store_access import open_store
     from receiver.web.runtime import build_crosschecker
 
     settings = _settings(args, environ)
@@ -119,13 +132,12 @@ def cmd_crosscheck(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if settings.metastudio is None:
         print("metastudio-receiver: cross-checking needs a [metastudio] section", file=sys.stderr)
         return 2
-    engine = create_engine_for(settings.database_url)
-    checker, source = build_crosschecker(settings, engine)
-    try:
-        report = asyncio.run(checker.run(room_id=args.room_id))
-    finally:
-        source.close()
-        engine.dispose()
+    with open_store(settings, config=args.config, pool_size=5) as engine:
+        checker, source = build_crosschecker(settings, engine)
+        try:
+            report = asyncio.run(checker.run(room_id=args.room_id))
+        finally:
+            source.close()
     print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     return 1 if report.rooms_failed else 0
 
@@ -179,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--room-id", help="only this room (default: every room events came from)")
     check.set_defaults(run=cmd_crosscheck)
+    from receiver.cli import init as cli_init
+
+    cli_init.register(commands)
     from receiver.cli import events as cli_events
 
     cli_events.register(commands)
@@ -205,6 +220,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"metastudio-receiver: config error: {exc.message}", file=sys.stderr)
         return 2
+    except CommandError as exc:
+        print(f"metastudio-receiver: {exc.message}", file=sys.stderr)
+        return EXIT_CANNOT
     except ReceiverError as exc:
         print(f"metastudio-receiver: {exc.message}", file=sys.stderr)
         return 1

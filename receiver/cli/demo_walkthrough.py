@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from receiver.cli import events as cli_events
+from receiver.cli.command import command_line
 from receiver.config import Settings
 from receiver.protocol.ids import id_key
 from receiver.tools.simulate import simulate_job
@@ -234,7 +235,9 @@ def look_further(
     say(f"   curl {base_url}/metrics")
     say(f"   curl {base_url}/openapi.json")
     env = " ".join(f"{name}={value}" for name, value in environ.items())
-    say(f"   {env} metastudio-receiver events --config {config}")
+    # As this process was started (.venv/bin/metastudio-receiver, python -m receiver...), so the
+    # line runs as printed where the program is not on PATH.
+    say(f"   {env} {command_line('events', config=str(config))}")
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -21,21 +21,29 @@ from typing import Any, TextIO, TypeVar
 
 import orjson
 
-from receiver.config import Settings, load_settings
+from receiver.cli.command import CommandError
+from receiver.cli.store_access import open_store
+from receiver.config import DestinationSettings, Settings, load_settings
+from receiver.errors import NotFound
 from receiver.forward import admin
 from receiver.store import queries
-from receiver.store.writer import create_engine_for
 
 T = TypeVar("T")
 
 
-def _on_store(settings: Settings, work: Callable[[Any], T]) -> T:
-    engine = create_engine_for(settings.database_url, pool_size=1)
+def _on_store(args: argparse.Namespace, settings: Settings, work: Callable[[Any], T]) -> T:
+    """``work`` in a transaction on the configured store (receiver.cli.store_access: one line
+    and exit 2 when it is missing, unmigrated or unreachable)."""
+    with open_store(settings, config=args.config) as engine, engine.begin() as conn:
+        return work(conn)
+
+
+def _find(settings: Settings, name: str) -> DestinationSettings:
     try:
-        with engine.begin() as conn:
-            return work(conn)
-    finally:
-        engine.dispose()
+        return admin.find(settings.destinations, name)
+    except NotFound:
+        names = ", ".join(d.name for d in settings.destinations) or "none is configured"
+        raise CommandError(f"no destination named {name[:40]!r} (configured: {names})") from None
 
 
 def _table(rows: list[list[str]], columns: tuple[str, ...], out: TextIO) -> None:
@@ -52,7 +60,7 @@ def _json(value: Any) -> None:
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
-    views = _on_store(settings, lambda c: admin.overview(c, settings.destinations, now=now))
+    views = _on_store(args, settings, lambda c: admin.overview(c, settings.destinations, now=now))
     if args.json:
         _json({"destinations": views})
         return 0
@@ -78,9 +86,9 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace, settings: Settings) -> int:
-    destination = admin.find(settings.destinations, args.name)
+    destination = _find(settings, args.name)
     limit = queries.parse_limit(args.limit, high=admin.MAX_ATTEMPTS_PAGE)
-    page = _on_store(settings, lambda c: admin.attempts(c, destination.name, limit=limit))
+    page = _on_store(args, settings, lambda c: admin.attempts(c, destination.name, limit=limit))
     if args.json:
         _json(page)
         return 0
@@ -102,9 +110,9 @@ def cmd_attempts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_messages(args: argparse.Namespace, settings: Settings) -> int:
-    destination = admin.find(settings.destinations, args.name)
+    destination = _find(settings, args.name)
     found = _on_store(
-        settings, lambda c: admin.messages(c, destination.name, state=args.state, limit=1000)
+        args, settings, lambda c: admin.messages(c, destination.name, state=args.state, limit=1000)
     )
     if args.json:
         _json({"messages": found})
@@ -125,11 +133,12 @@ def cmd_messages(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
-    destination = admin.find(settings.destinations, args.name)
+    destination = _find(settings, args.name)
     since = queries.parse_time("since", args.since)
     until = queries.parse_time("until", args.until)
     now = datetime.now(UTC)
     counts = _on_store(
+        args,
         settings,
         lambda c: admin.resend(
             c,
@@ -147,18 +156,18 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
-    destination = admin.find(settings.destinations, args.name)
+    destination = _find(settings, args.name)
     now = datetime.now(UTC)
-    _on_store(settings, lambda c: admin.enable(c, destination, now=now))
+    _on_store(args, settings, lambda c: admin.enable(c, destination, now=now))
     print(f"{destination.name}: enabled; sending resumes from its place")
     return 0
 
 
 def cmd_disable(args: argparse.Namespace, settings: Settings) -> int:
-    destination = admin.find(settings.destinations, args.name)
+    destination = _find(settings, args.name)
     now = datetime.now(UTC)
     reason = f"{args.reason} (from the command line)"
-    _on_store(settings, lambda c: admin.disable(c, destination, reason=reason, now=now))
+    _on_store(args, settings, lambda c: admin.disable(c, destination, reason=reason, now=now))
     print(f"{destination.name}: disabled; its place is kept")
     return 0
 

@@ -9,9 +9,11 @@ from typing import Any, TextIO
 
 import orjson
 
+from receiver.cli.api_access import add_api_options
+from receiver.cli.command import CommandError
+from receiver.cli.store_access import open_store
 from receiver.config import load_settings
 from receiver.store import queries
-from receiver.store.writer import create_engine_for
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
@@ -61,45 +63,61 @@ def print_table(events: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def cmd_events(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    settings = load_settings(path=args.config, environ=environ)
-    engine = create_engine_for(settings.database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            page = queries.list_events(
-                conn,
-                **filters_from(args),
-                limit=queries.parse_limit(args.limit),
-                cursor=args.cursor,
-            )
-    finally:
-        engine.dispose()
+    filters = filters_from(args)
+    limit = queries.parse_limit(args.limit)
+    if args.url is not None:
+        items, next_cursor = _from_api(args, environ)
+    else:
+        settings = load_settings(path=args.config, environ=environ)
+        with open_store(settings, config=args.config) as engine, engine.connect() as conn:
+            page = queries.list_events(conn, **filters, limit=limit, cursor=args.cursor)
+        items, next_cursor = page.items, page.next_cursor
     if args.json:
         sys.stdout.write(
-            orjson.dumps({"events": page.items, "next_cursor": page.next_cursor}).decode() + "\n"
+            orjson.dumps({"events": items, "next_cursor": next_cursor}).decode() + "\n"
         )
     else:
-        print_table(page.items, sys.stdout)
-        if page.next_cursor:
-            print(f"more: --cursor {page.next_cursor}")
+        print_table(items, sys.stdout)
+        if next_cursor:
+            print(f"more: --cursor {next_cursor}")
     return 0
+
+
+def _from_api(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[list[Any], Any]:
+    """GET /v1/events of the receiver at ``--url``, with the same filters (checked here first)."""
+    from receiver.cli.api_access import ReceiverApi, token_for
+
+    names = ("endpoint", "room_id", "job_id", "event_type", "since", "until", "limit", "cursor")
+    params = {name: value for name in names if (value := getattr(args, name)) is not None}
+    with ReceiverApi(args.url, token_for(args, environ)) as api:
+        data = api.get("/v1/events", params)
+    events = data.get("events")
+    return (events if isinstance(events, list) else []), data.get("next_cursor")
 
 
 def cmd_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    filters = filters_from(args)
     settings = load_settings(path=args.config, environ=environ)
-    engine = create_engine_for(settings.database_url, pool_size=1)
-    out: TextIO = sys.stdout if args.output in (None, "-") else open(args.output, "w")  # noqa: SIM115
     count = 0
-    try:
-        with engine.connect() as conn:
-            for record in queries.export_events(conn, **filters_from(args)):
+    with open_store(settings, config=args.config) as engine, engine.connect() as conn:
+        # Opened once the store is known to be there: a refused command leaves no empty file.
+        out: TextIO = sys.stdout if args.output in (None, "-") else _output(args.output)
+        try:
+            for record in queries.export_events(conn, **filters):
                 out.write(orjson.dumps(record).decode() + "\n")
                 count += 1
-    finally:
-        engine.dispose()
-        if out is not sys.stdout:
-            out.close()
+        finally:
+            if out is not sys.stdout:
+                out.close()
     print(f"exported {count} events", file=sys.stderr)
     return 0
+
+
+def _output(path: str) -> TextIO:
+    try:
+        return open(path, "w")  # closed by the caller
+    except OSError as exc:
+        raise CommandError(f"--output: cannot write {path}: {exc.strerror}") from None
 
 
 def register(commands: Any) -> None:
@@ -108,6 +126,7 @@ def register(commands: Any) -> None:
     events.add_argument("--limit", help="1-1000, default 100")
     events.add_argument("--cursor")
     events.add_argument("--json", action="store_true", help="the API's JSON answer")
+    add_api_options(events)
     events.set_defaults(run=cmd_events)
     export = commands.add_parser("export", help="stored events with original bytes, JSON Lines")
     add_filters(export)

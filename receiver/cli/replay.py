@@ -99,16 +99,12 @@ def _records(args: argparse.Namespace, environ: Mapping[str, str]) -> list[Any]:
     if args.from_file is not None:
         source = sys.stdin if args.from_file == "-" else args.from_file
         return filter_records(read_export(source), **filters)
+    from receiver.cli.store_access import open_store
     from receiver.config import load_settings
-    from receiver.store.writer import create_engine_for
 
     settings = load_settings(path=args.config, environ=environ)
-    engine = create_engine_for(settings.database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            return read_store(conn, **filters)
-    finally:
-        engine.dispose()
+    with open_store(settings, config=args.config) as engine, engine.connect() as conn:
+        return read_store(conn, **filters)
 
 
 def _on_ctrl_c(stop: threading.Event) -> Any:

@@ -27,7 +27,7 @@ from receiver.cli.signing_options import (
     shown_url,
     signing_key,
 )
-from receiver.protocol.signing import AuthType, SignedUri, TimeUnit, mask_secrets_in
+from receiver.protocol.signing import AuthType, SignedUri, TimeUnit
 
 # -- argument types ----------------------------------------------------------------------------
 
@@ -156,19 +156,33 @@ def cmd_send(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return fail("send", f"--file: {exc.strerror}: {exc.filename}")
     import httpx2
 
+    from receiver.cli.api_access import no_answer
+
     target = sender.retarget(callback.url, args.to)
     try:
         answer = sender.deliver(callback, to=args.to, timeout=args.timeout)
     except httpx2.TransportError as exc:
-        problem = mask_secrets_in(f"{type(exc).__name__}: {exc}")
-        print(f"no answer from {shown_url(target)}: {problem}", file=sys.stderr)
-        return EXIT_NOT_STORED
+        raise no_answer(target, exc, flag="--to (where the receiver listens)") from None
     print(_status_line(answer), file=sys.stderr)
+    if _code(answer) == "RCV.SIGNATURE_MISMATCH":
+        # The usual cause: signed for the address it was sent to, not for the registered URL.
+        print(
+            f"hint: this was signed for {shown_url(url)}; the receiver checks the signature "
+            "against its endpoint's registered_url and keys: give that URL as --url (or use "
+            "--config), one of its keys, and the receiver's own address as --to",
+            file=sys.stderr,
+        )
     if answer.json is not None:
         print(json.dumps(answer.json, ensure_ascii=False))
     elif answer.text:
         print(answer.text)
     return EXIT_STORED if answer.stored else EXIT_NOT_STORED
+
+
+def _code(answer: Any) -> str | None:
+    data = answer.json if isinstance(answer.json, dict) else {}
+    code = data.get("error_code")
+    return code if isinstance(code, str) else None
 
 
 def _status_line(answer: Any) -> str:
@@ -193,7 +207,9 @@ def register(commands: Any) -> None:
         "send",
         help="sign one callback as MetaStudio does, deliver it, print the answer",
         description="Build (or read) one event, sign it for an endpoint, deliver it and print "
-        "the answer. Exit status 0 only when the receiver stored it (or already had it).",
+        "the answer. Exit status 0 when the receiver stored it (or already had it), 1 when it "
+        "answered without storing it, 2 when it could not be sent (the arguments, or nothing "
+        "answering at the address).",
     )
     where = send.add_argument_group("where")
     where.add_argument("--url", help="the registered callback URL (what is signed)")

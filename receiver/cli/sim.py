@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from receiver.errors import ConfigError, ReceiverError
+from receiver.cli.command import CommandError, command_line
+from receiver.errors import ConfigError, MetaStudioUnavailable, ReceiverError
 
 _PROG = "metastudio-receiver"
 
@@ -105,30 +106,42 @@ def cmd_simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if not args.speed > 0:
             raise ConfigError("--speed: must be more than 0")
         interval = REALISTIC_INTERVAL / args.speed
-    if args.fake is None and not args.json:
-        print(
-            "note: no --fake given, so no job is registered in a fake MetaStudio",
-            file=sys.stderr,
-        )
 
     def progress(sent: Any) -> None:
         if args.interval or args.speed:
             print(f"  {sent.index:>2} {sent.label}: {sent.answer}", file=sys.stderr, flush=True)
 
-    report = simulate_job(
-        receiver_url=receiver_url,
-        registered_url=registered_url,
-        auth_type=auth_type or "MSS_A",
-        key=keys[0] if keys else "",
-        signed_uri=signed_uri or "host_path_query",
-        time_unit=args.time_unit,
-        fake=args.fake,
-        room_id=args.room_id,
-        job_id=args.job_id,
-        faults=[f for f in ALL_FAULTS if f in faults],
-        interval=interval,
-        on_sent=progress,
-    )
+    try:
+        report = simulate_job(
+            receiver_url=receiver_url,
+            registered_url=registered_url,
+            auth_type=auth_type or "MSS_A",
+            key=keys[0] if keys else "",
+            signed_uri=signed_uri or "host_path_query",
+            time_unit=args.time_unit,
+            fake=args.fake,
+            room_id=args.room_id,
+            job_id=args.job_id,
+            faults=[f for f in ALL_FAULTS if f in faults],
+            interval=interval,
+            on_sent=progress,
+        )
+    except MetaStudioUnavailable as exc:
+        raise CommandError(
+            f"{exc.message}: start it with `{command_line('fake-metastudio')}`, or check --fake"
+        ) from None
+    if report.aborted and not any(sent.status for sent in report.sent):
+        # Nothing answered at all: a wrong --to or a receiver not started, not a simulation.
+        detail = report.sent[0].detail if report.sent else report.aborted
+        raise CommandError(
+            f"no answer from {receiver_url.partition('?')[0]} ({detail}): is the receiver "
+            f"running there? start it with `{command_line('serve')}`, or check --to"
+        )
+    if args.fake is None and not args.json:
+        print(
+            "note: no --fake given, so no job is registered in a fake MetaStudio",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json(report.as_json())
     else:

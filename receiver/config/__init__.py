@@ -6,13 +6,15 @@ dicts. Every problem becomes one ``ConfigError`` whose message starts with the k
 e.g. ``endpoints[0].auth_type: MEITUAN_DEFAULT is not supported ...``.
 
 Secrets (endpoint keys, API tokens, AK/SK) may come from the environment (``keys_env``,
-``api_tokens_env``, ``ak_env``/``sk_env``); they are never printed: ``__repr__`` masks them.
+``api_tokens_env``, ``ak_env``/``sk_env``), or from the ``secrets_file`` the config names, which
+fills in those variables; they are never printed: ``__repr__`` masks them.
 
 ``settings`` (the top-level ``Settings``, ``load_settings``, ``settings_from_mapping``),
 ``endpoints`` (the ``[[endpoints]]`` tables), ``destinations`` (the ``[[destinations]]`` tables),
-``metastudio`` (the ``[metastudio]`` table and its
-credentials) and ``values`` (readers of one value, each error naming its key). The names below
-are the ones the rest of receiver imports, from ``receiver.config``.
+``metastudio`` (the ``[metastudio]`` table and its credentials), ``secrets_file`` (the file of
+NAME=VALUE lines), ``environment`` (every unset variable in one message) and ``values`` (readers
+of one value, each error naming its key). The names below are the ones the rest of receiver
+imports, from ``receiver.config``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ mapping (``settings_from_mapping``), with the environment injected by the caller
 
 Owns the top-level keys (database, API tokens, limits, logging, the store's writer, workers),
 the defaults when no file is given, and ``RECEIVER_CONFIG`` / ``RECEIVER_DATABASE_URL``; the
-``[[endpoints]]``, ``[[destinations]]`` and ``[metastudio]`` tables are read by their own modules.
+``[[endpoints]]``, ``[[destinations]]`` and ``[metastudio]`` tables are read by their own modules,
+``secrets_file`` by ``secrets_file`` (its variables join the environment before anything reads
+it), and every unset variable is reported at once by ``environment``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from receiver.config.destinations import DestinationSettings, destinations_from
 from receiver.config.endpoints import EndpointSettings, endpoints_from
+from receiver.config.environment import check_environment
 from receiver.config.metastudio import MetaStudioSettings, metastudio_from
+from receiver.config.secrets_file import with_secrets
 from receiver.config.values import (
     no_unknown_keys,
     number,
@@ -81,11 +85,13 @@ _TOP_KEYS = {
     "store_writer",
     "client_timeout_seconds",
     "workers",
+    "secrets_file",
 }
 
 
 def load_settings(*, path: str | Path | None, environ: Mapping[str, str]) -> Settings:
-    """Settings from ``path`` (or env ``RECEIVER_CONFIG``; none at all gives the defaults)."""
+    """Settings from ``path`` (or env ``RECEIVER_CONFIG``; none at all gives the defaults). A
+    relative ``secrets_file`` is found beside the file."""
     chosen = path if path is not None else environ.get("RECEIVER_CONFIG") or None
     data: dict[str, Any] = {}
     if chosen is not None:
@@ -98,11 +104,18 @@ def load_settings(*, path: str | Path | None, environ: Mapping[str, str]) -> Set
             raise ConfigError(f"config: cannot read {str(chosen)!r}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config: {str(chosen)!r} is not valid TOML: {exc}") from None
-    return settings_from_mapping(data, environ=environ)
+    base_dir = None if chosen is None else Path(chosen).parent
+    return settings_from_mapping(data, environ=environ, base_dir=base_dir)
 
 
-def settings_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str]) -> Settings:
+def settings_from_mapping(
+    data: Mapping[str, Any], *, environ: Mapping[str, str], base_dir: Path | None = None
+) -> Settings:
+    """Settings from a parsed config; a relative ``secrets_file`` is taken from ``base_dir``
+    (default: the working directory)."""
     no_unknown_keys(data, _TOP_KEYS, prefix="")
+    environ, secrets_file = with_secrets(data, environ, base_dir=base_dir)
+    check_environment(data, environ, secrets_file=secrets_file)
     database_url = environ.get("RECEIVER_DATABASE_URL") or optional_str(
         data, "database_url", DEFAULT_DATABASE_URL
     )

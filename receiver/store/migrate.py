@@ -9,6 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError as AlembicCommandError
 
 from receiver.errors import StoreUnavailable
 from receiver.store.driver import sqlite_path
@@ -31,7 +32,13 @@ def upgrade(url: str, revision: str = "head") -> None:
     path = sqlite_path(url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _with_alembic(url, lambda config: command.upgrade(config, revision), commit=True)
+    try:
+        _with_alembic(url, lambda config: command.upgrade(config, revision), commit=True)
+    except AlembicCommandError as exc:
+        # A revision this version does not ship: a newer version migrated the database.
+        raise StoreUnavailable(
+            f"cannot migrate the database: {exc}; a newer metastudio-receiver migrated it"
+        ) from exc
 
 
 def check(url: str) -> None:
@@ -44,16 +51,18 @@ def require_current(url: str) -> None:
 
     For ``serve --no-migrate``: replicas that start without DDL rights (migrations run as their
     own step, e.g. a one-shot container) refuse to serve a schema they were not written for."""
-    from alembic.script import ScriptDirectory
-
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
-    engine = create_engine_for(url, pool_size=1)
+    heads = latest_revisions()
+    path = sqlite_path(url)
+    if path is not None and not Path(path).exists():
+        # Checked, not created: a replica must not leave an empty database where none was.
+        raise StoreUnavailable(
+            f"the database file {path} does not exist (not migrated, not at the latest "
+            "migration): run `metastudio-receiver migrate` first"
+        )
+    engine = create_engine_for(url, pool_size=1, create=False)
     try:
         with engine.connect() as connection:
-            current: set[str] = set()
-            if sa.inspect(connection).has_table("alembic_version"):
-                rows = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
-                current = {row[0] for row in rows}
+            current = current_revisions(connection)
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise StoreUnavailable(f"cannot read the schema version: {reason}") from exc
@@ -65,6 +74,29 @@ def require_current(url: str) -> None:
             f"the database is {found}, not at the latest migration "
             f"({', '.join(sorted(heads))}): run `metastudio-receiver migrate` first"
         )
+
+
+def latest_revisions() -> set[str]:
+    """The head revision(s) of the migrations shipped with this version."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def known_revisions() -> set[str]:
+    """Every revision of the migrations shipped with this version."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return {script.revision for script in scripts.walk_revisions()}
+
+
+def current_revisions(connection: sa.Connection) -> set[str]:
+    """The revision(s) the database is at; empty when it was never migrated."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return set()
+    rows = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+    return {row[0] for row in rows}
 
 
 def _with_alembic(url: str, action: object, *, commit: bool) -> None:

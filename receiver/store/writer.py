@@ -28,13 +28,15 @@ DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 
 
-def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for reads and migrations; SQLite connections get WAL and synchronous=FULL."""
+def create_engine_for(url: str, *, pool_size: int = 5, create: bool = True) -> Engine:
+    """An engine for reads and migrations; SQLite connections get WAL and synchronous=FULL.
+    ``create`` False: a SQLite file that does not exist is an error on connect, never created
+    (for what only reads, so that asking a wrong path leaves nothing behind)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
         options: dict[str, Any] = {}
-        if path is not None and os.path.exists(path):
+        if path is not None and (not create or os.path.exists(path)):
             # The database exists: if its file vanishes later, a new connection must fail rather
             # than create an empty database in its place (which the writer would then find).
             options["creator"] = lambda: sqlite3.connect(

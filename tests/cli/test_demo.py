@@ -54,6 +54,10 @@ def test_demo_once_runs_everything_and_exits_0(tmp_path: Path) -> None:
     for path in ("/v1/events", "/v1/jobs/", "/v1/findings", "/v1/rejections", "/metrics"):
         assert f"{base[1]}{path}" in out
     assert 'curl -H "Authorization: Bearer $TOKEN"' in out
+    # The follow-up command starts the program as the demo was started (python -m receiver
+    # here), not as a bare metastudio-receiver that may not be on PATH.
+    assert re.search(r"\S*python\S* -m receiver events --config \S+/receiver\.toml", out), out
+    assert "metastudio-receiver events --config" not in out
     assert "result: everything went as expected" in out
 
     # Nothing is left behind: the temporary directory is gone, nothing written to the cwd.

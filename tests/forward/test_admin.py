@@ -150,7 +150,7 @@ def test_the_destinations_command(
     wrong = run_cli(
         "destinations", "attempts", "nope", "--config", str(config), cwd=tmp_path, env=ENV
     )
-    assert wrong.returncode == 1 and "no destination named 'nope'" in wrong.stderr
+    assert wrong.returncode == 2 and "no destination named 'nope' (configured: app)" in wrong.stderr
 
 
 def test_finding_changes_are_forwarded(

@@ -401,8 +401,10 @@ def test_send_command_from_a_config_endpoint(tmp_path: Path, sqlite_url: str) ->
         cwd=tmp_path,
         env={"SHOP_KEYS": KEY},
     )
-    assert done.returncode == 1
+    # Nothing answering is a wrong --to or a receiver not started: exit 2, as a usage problem.
+    assert done.returncode == 2
     assert "no answer from http://127.0.0.1:9/callbacks/shop-a" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert KEY not in done.stderr
 
 
