@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from receiver.cli.demo_walkthrough import DemoResult, Say, look_further, play
+from receiver.cli.demo_walkthrough import DemoResult, Say, look_further, play, show_forwarding
 from receiver.config import load_settings
 
 HOST = "127.0.0.1"
@@ -38,6 +38,8 @@ REGISTERED_URL = f"https://hooks.example.com/callbacks/{ENDPOINT}"
 AK_ENV = "HUAWEICLOUD_SDK_AK"
 SK_ENV = "HUAWEICLOUD_SDK_SK"
 STARTUP_SECONDS = 15.0
+DESTINATION = "demo-app"
+SECRETS_ENV = "DEMO_WEBHOOK_SECRETS"
 
 
 @contextlib.contextmanager
@@ -90,9 +92,17 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def write_config(
-    directory: Path, *, fake_url: str, project_id: str, key: str, token: str
+    directory: Path,
+    *,
+    fake_url: str,
+    project_id: str,
+    key: str,
+    token: str,
+    webhook_url: str,
+    webhook_secret: str,
 ) -> tuple[Path, dict[str, str]]:
-    """The demo's receiver.toml, and the environment it needs (the fake's AK/SK)."""
+    """The demo's receiver.toml, and the environment it needs (the fake's AK/SK, the webhook
+    destination's signing secret)."""
     from receiver.fake_metastudio import DEFAULT_AK, DEFAULT_SK
 
     database = directory / "receiver.db"
@@ -107,6 +117,15 @@ registered_url = "{REGISTERED_URL}"
 auth_type = "MSS_A"
 keys = ["{key}"]
 
+# Every event and finding is forwarded to a local webhook (your application, in real life).
+[[destinations]]
+name = "{DESTINATION}"
+kind = "http"
+url = "{webhook_url}"
+secrets_env = "{SECRETS_ENV}"
+findings = true
+retry_seconds = [1, 5, 30]
+
 [metastudio]
 endpoint = "{fake_url}"
 project_id = "{project_id}"
@@ -118,7 +137,7 @@ cache_seconds = 0
     path = directory / "receiver.toml"
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
-    return path, {AK_ENV: DEFAULT_AK, SK_ENV: DEFAULT_SK}
+    return path, {AK_ENV: DEFAULT_AK, SK_ENV: DEFAULT_SK, SECRETS_ENV: webhook_secret}
 
 
 def run_demo(
@@ -134,6 +153,7 @@ def run_demo(
         serve_fake,
     )
     from receiver.store.migrate import upgrade
+    from receiver.testing import WebhookSink, new_secret
     from receiver.web.app import create_app
 
     directory = Path(tempfile.mkdtemp(prefix="metastudio-demo-"))
@@ -146,21 +166,25 @@ def run_demo(
         out.flush()
 
     fake = FakeMetaStudio(tokens=[DEFAULT_TOKEN], credentials={DEFAULT_AK: DEFAULT_SK})
+    secret = new_secret()
     try:
-        with serve_fake(fake, host=HOST) as fake_url:
+        with serve_fake(fake, host=HOST) as fake_url, WebhookSink(host=HOST) as webhook:
             config, environ = write_config(
                 directory,
                 fake_url=fake_url,
                 project_id=DEFAULT_PROJECT_ID,
                 key=key,
                 token=token,
+                webhook_url=webhook.url,
+                webhook_secret=secret,
             )
             settings = load_settings(path=config, environ=environ)
             upgrade(settings.database_url)
             with serve_app(create_app(settings), host=HOST, port=port) as base_url:
                 result.base_url = base_url
-                _intro(say, directory, fake_url, base_url, token, port)
+                _intro(say, directory, fake_url, base_url, token, port, webhook.url)
                 report = play(say, settings, fake, base_url, key, token, result)
+                show_forwarding(say, webhook, secret, base_url, token, result)
                 look_further(say, base_url, token, config, environ, report.job_id, once)
                 say("")
                 if result.ok:
@@ -198,7 +222,9 @@ def _wait_for_interrupt() -> None:
             signal.signal(number, handler)
 
 
-def _intro(say: Say, directory: Path, fake_url: str, base_url: str, token: str, port: int) -> None:
+def _intro(
+    say: Say, directory: Path, fake_url: str, base_url: str, token: str, port: int, webhook: str
+) -> None:
     say("metastudio-receiver demo: a receiver, a fake MetaStudio and a simulated live job")
     say(f"  working directory  {directory} (receiver.db, receiver.toml; removed on exit)")
     say(f"  fake MetaStudio    {fake_url} (its demo AK/SK; a local test double)")
@@ -208,4 +234,5 @@ def _intro(say: Say, directory: Path, fake_url: str, base_url: str, token: str, 
     say(f"  registered URL     {REGISTERED_URL} (as if behind an HTTPS proxy)")
     say(f"  API token          {token}")
     say(f"  web console        {base_url}/ui/ (log in with the API token)")
+    say(f"  webhook            {webhook} (your application: every event is forwarded to it)")
     say("")

@@ -27,6 +27,7 @@ from receiver.tools.simulate_report import SimulationReport
 
 if TYPE_CHECKING:
     from receiver.fake_metastudio import FakeMetaStudio
+    from receiver.testing import WebhookSink
 
 Say = Callable[..., None]
 
@@ -225,12 +226,14 @@ def look_further(
     job_id: str,
     once: bool,
 ) -> None:
-    """Step 7: where to look further (the console, curl, the ``events`` command)."""
+    """Step 8: where to look further (the console, curl, the ``events`` command)."""
     when = "now" if not once else "while `metastudio-receiver demo` runs (without --once)"
-    say(f"7. Look further, {when}")
+    say(f"8. Look further, {when}")
     say(f"   console: {base_url}/ui/jobs/{quote(job_id)} (log in with the API token below)")
+    say(f"   forwarding: {base_url}/ui/destinations")
     say(f"   TOKEN={token}")
-    for path in ("/v1/events", f"/v1/jobs/{job_id}", "/v1/findings", "/v1/rejections"):
+    paths = ("/v1/events", f"/v1/jobs/{job_id}", "/v1/findings", "/v1/rejections")
+    for path in (*paths, "/v1/destinations"):
         say(f'   curl -H "Authorization: Bearer $TOKEN" {base_url}{path}')
     say(f"   curl {base_url}/metrics")
     say(f"   curl {base_url}/openapi.json")
@@ -238,6 +241,55 @@ def look_further(
     # As this process was started (.venv/bin/metastudio-receiver, python -m receiver...), so the
     # line runs as printed where the program is not on PATH.
     say(f"   {env} {command_line('events', config=str(config))}")
+
+
+def show_forwarding(
+    say: Say, webhook: WebhookSink, secret: str, base_url: str, token: str, result: DemoResult
+) -> None:
+    """Step 7: what the local webhook destination received, its signatures checked as a
+    consumer would check them (receiver.testing.verify_webhook), and the destination's state."""
+    import httpx2
+
+    from receiver.testing import WebhookVerificationFailed, verify_webhook
+
+    say("7. Forwarded to your own system: the local webhook (GET /v1/destinations)")
+    with httpx2.Client(
+        base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    ) as api:
+        stored = {e["id"] for e in _json(api.get("/v1/events", params={"limit": "1000"}))["events"]}
+        wanted = {f"evt_{event_id}" for event_id in stored}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the findings are forwarded too: until no lag
+            view = _json(api.get("/v1/destinations/demo-app"))
+            if wanted <= set(webhook.delivered_ids()) and view.get("lag_events") == 0:
+                break
+            time.sleep(0.1)
+    received = webhook.delivered()
+    verified = 0
+    by_type: dict[str, int] = {}
+    for message in received:
+        try:
+            kind = verify_webhook(message.body, message.headers, secret)["type"]
+        except WebhookVerificationFailed:
+            continue
+        verified += 1
+        by_type[kind] = by_type.get(kind, 0) + 1
+    types = len(by_type)
+    say(
+        f"   {len(received)} messages received, {verified} with a valid webhook-signature "
+        f"({types} types: {_counts(by_type)})"
+    )
+    if received:
+        first = received[0]
+        say(f"   the first: webhook-id {first.message_id}, {first.body[:110].decode()}...")
+    say(
+        f"   destination demo-app: {view.get('state')}, lag {view.get('lag_events')} events, "
+        f"last delivered {view.get('last_delivered_at')}"
+    )
+    missing = wanted - set(webhook.delivered_ids())
+    result.expect(not missing, f"{len(missing)} stored events were not forwarded to the webhook")
+    result.expect(verified == len(received), "a forwarded message's signature did not verify")
+    say("")
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ dead-lettered), ``resend`` (event ids, a time range, or the dead letters), ``ena
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,10 +40,21 @@ def find(destinations: Sequence[DestinationSettings], name: str) -> DestinationS
 
 
 def overview(
-    conn: Connection, destinations: Sequence[DestinationSettings], *, now: datetime
+    conn: Connection,
+    destinations: Sequence[DestinationSettings],
+    *,
+    now: datetime,
+    places: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
+    """``places``: (event, finding change) places this replica's sender knows, fresher than
+    the saved ones."""
     store.ensure(conn, [d.name for d in destinations], now=now)
     rows = store.states(conn, [d.name for d in destinations])
+    for name, (events, changes) in (places or {}).items():
+        if name in rows:
+            row = rows[name]
+            row.event_cursor = max(row.event_cursor, events)
+            row.finding_cursor = max(row.finding_cursor, changes)
     return [describe(conn, d, rows[d.name], now=now) for d in destinations if d.name in rows]
 
 

@@ -102,6 +102,15 @@ class Forwarder:
         for loop in self.loops.values():
             loop.wake.set()
 
+    def places(self) -> dict[str, tuple[int, int]]:
+        """The places of the destinations this replica sends to, as it knows them (ahead of
+        what is saved, by up to FLUSH_SECONDS)."""
+        return {
+            name: (loop.event_cursor, loop.finding_cursor)
+            for name, loop in self.loops.items()
+            if loop.owning
+        }
+
     def poke(self, name: str) -> None:
         """Look at ``name``'s parked messages now (a resend queued some)."""
         loop = self.loops.get(name)

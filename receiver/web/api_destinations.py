@@ -37,8 +37,9 @@ async def list_destinations(request: Request) -> Response:
     rt = authorize(request)
     known_params(request, set())
     now = datetime.now(UTC)
+    places = rt.forwarder.places() if rt.forwarder else None
     views = await write_store(
-        rt, lambda conn: admin.overview(conn, rt.settings.destinations, now=now)
+        rt, lambda conn: admin.overview(conn, rt.settings.destinations, now=now, places=places)
     )
     return JSON({"destinations": views})
 
@@ -51,7 +52,10 @@ async def get_destination(request: Request) -> Response:
 
 async def _view(rt: Runtime, destination: DestinationSettings) -> dict[str, Any]:
     now = datetime.now(UTC)
-    views = await write_store(rt, lambda conn: admin.overview(conn, [destination], now=now))
+    places = rt.forwarder.places() if rt.forwarder else None
+    views = await write_store(
+        rt, lambda conn: admin.overview(conn, [destination], now=now, places=places)
+    )
     return views[0]
 
 

@@ -25,6 +25,7 @@ from receiver.observability import RequestIdMiddleware, redact
 from receiver.store.rejections import RejectionLog
 from receiver.store.writer import create_engine_for, open_writer
 from receiver.web import api, live
+from receiver.web.console import destinations as console_destinations
 from receiver.web.console import routes as console
 from receiver.web.runtime import Runtime, build_crosschecker
 
@@ -181,6 +182,7 @@ def create_app(settings: Settings) -> ReceiverApp:
             Route("/v1/events/stream", live.stream_events, methods=["GET"]),
             *api.routes,
             *console.routes,
+            *console_destinations.routes,
         ],
         exception_handlers=api.exception_handlers,
         middleware=[Middleware(RequestIdMiddleware)],

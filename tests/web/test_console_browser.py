@@ -2,8 +2,9 @@
 against ``metastudio-receiver demo`` running as a user would start it.
 
 Log in with the demo's token, open the demo's job and see its timeline and RTMP strip chart,
-open a job with a finding and acknowledge it, watch a new event arrive without a reload, and be
-sent to the login page without a session; a forged acknowledgement (no CSRF token) is refused.
+open a job with a finding and acknowledge it, watch a new event arrive without a reload, see the
+demo's webhook destination and its attempts, disable and enable it, and be sent to the login
+page without a session; a forged acknowledgement (no CSRF token) is refused.
 
 Needs ``/usr/bin/chromium`` (``.ci/run`` installs it). Without it the test is skipped, except
 under CI or with ``RECEIVER_REQUIRE_BROWSER=1``, where it fails. ``RECEIVER_SCREENSHOTS=DIR``
@@ -224,6 +225,22 @@ def test_console_in_chromium(demo: Demo, browser: object) -> None:
     expect(page.locator("#timeline-body tr")).to_have_count(before + 1)
     expect(page.locator("#live-count")).to_have_text("1 new")
     _shot(page, "console-live.png")
+
+    # Forwarding: the demo's webhook destination, its attempts, disabled and enabled again.
+    page.click("header nav a:text('Destinations')")
+    expect(page).to_have_url(demo.base_url + "/ui/destinations")
+    row = page.locator("tr.destination[data-name=demo-app]")
+    expect(row.locator(".badge")).to_have_text("active")
+    row.locator("a").click()
+    expect(page.locator("h1")).to_contain_text("Destination demo-app")
+    expect(page.locator("tr.attempt.delivered").first).to_be_visible()
+    assert "whsec_" not in page.content()
+    _shot(page, "console-destination.png")
+    page.click("button:text('Disable')")
+    expect(page.locator("#state")).to_have_text("disabled")
+    expect(page.locator("p.error")).to_contain_text("disabled in the console (token")
+    page.click("button:text('Enable')")
+    expect(page.locator("#state")).to_have_text("active")
 
     # A fresh browser without the cookie is sent to log in; the API says 401.
     other = browser.new_context()  # type: ignore[attr-defined]

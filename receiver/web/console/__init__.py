@@ -1,5 +1,7 @@
-"""The web console: a room's jobs, their timelines and findings, behind a login.
+"""The web console: a room's jobs, their timelines and findings, and where events are forwarded,
+behind a login.
 
-``routes`` (pages and actions), ``data`` (what a page shows, from the store), ``pages`` (Jinja
-templates in ``assets/``, autoescaped) and ``sessions`` (signed session cookies, CSRF).
+``routes`` (pages and actions), ``destinations`` (forwarding's pages), ``data`` (what a page
+shows, from the store), ``pages`` (Jinja templates in ``assets/``, autoescaped) and ``sessions``
+(signed session cookies, CSRF).
 """

@@ -59,18 +59,18 @@ def _runtime(request: Request) -> Runtime:
     return value
 
 
-def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
+def render_page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
     values.setdefault("csrf", None)
     html = environment().get_template(template).render(**values)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _session(request: Request) -> Caller | None:
+def session_of(request: Request) -> Caller | None:
     value = request.cookies.get(COOKIE)
     return session_caller(value, _runtime(request).settings.api_tokens) if value else None
 
 
-def _to_login(request: Request) -> Response:
+def to_login(request: Request) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
 
@@ -83,7 +83,7 @@ def _safe_next(value: str | None) -> str:
 
 
 async def login_form(request: Request) -> Response:
-    return _page(
+    return render_page(
         "login.html",
         title="Log in",
         next=_safe_next(request.query_params.get("next")),
@@ -103,7 +103,7 @@ async def login(request: Request) -> Response:
     token = match_token(given, _runtime(request).settings.api_tokens) if given else None
     if token is None:
         await asyncio.sleep(FAILED_LOGIN_DELAY)
-        return _page(
+        return render_page(
             "login.html",
             status=401,
             title="Log in",
@@ -117,7 +117,7 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    caller = _session(request)
+    caller = session_of(request)
     body = await read_body(request, LOGIN_BODY_LIMIT)
     form = parse_qs(body.decode("utf-8", errors="replace"))
     given = (form.get("csrf") or [""])[0]
@@ -130,11 +130,11 @@ async def logout(request: Request) -> Response:
 
 
 async def overview(request: Request) -> Response:
-    caller = _session(request)
+    caller = session_of(request)
     if caller is None:
-        return _to_login(request)
+        return to_login(request)
     jobs = await read_store(_runtime(request), console_data.jobs_seen)
-    return _page(
+    return render_page(
         "overview.html",
         title="Rooms and jobs",
         rooms=console_data.rooms_of(jobs),
@@ -143,18 +143,22 @@ async def overview(request: Request) -> Response:
 
 
 async def job(request: Request) -> Response:
-    caller = _session(request)
+    caller = session_of(request)
     if caller is None:
-        return _to_login(request)
+        return to_login(request)
     job_id = request.path_params["job_id"]
     if not job_id or len(job_id) > 128:
-        return _page("not_found.html", 404, title="Not found", message="No such job.", csrf=None)
+        return render_page(
+            "not_found.html", 404, title="Not found", message="No such job.", csrf=None
+        )
     page = await read_store(_runtime(request), lambda conn: console_data.job_page(conn, job_id))
     if page is None:
         message = f"Nothing names the job {job_id}."
-        return _page("not_found.html", 404, title="Not found", message=message, csrf=caller.csrf())
+        return render_page(
+            "not_found.html", 404, title="Not found", message=message, csrf=caller.csrf()
+        )
     title = f"Job {page['job_id']}"
-    return _page("job.html", title=title, job=page, csrf=caller.csrf(), summary=_summary)
+    return render_page("job.html", title=title, job=page, csrf=caller.csrf(), summary=_summary)
 
 
 def _summary(event: dict[str, Any]) -> str:

@@ -38,6 +38,26 @@
     });
   });
 
+  // The destination page's buttons: a POST to the query API with the session's CSRF token.
+  document.querySelectorAll("button.api-post").forEach((button) => {
+    button.addEventListener("click", async () => {
+      const status = document.querySelector(".api-status");
+      status.textContent = "…";
+      const answer = await fetch(button.dataset.url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json", "x-csrf-token": csrf },
+        body: button.dataset.body || "{}",
+      });
+      if (answer.ok) {
+        location.reload();
+        return;
+      }
+      const error = await answer.json().catch(() => ({}));
+      status.textContent = error.error_msg || "refused (" + answer.status + ")";
+    });
+  });
+
   const live = document.getElementById("live");
   if (live && window.EventSource) {
     const rows = document.getElementById("timeline-body");
