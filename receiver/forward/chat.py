@@ -34,7 +34,7 @@ MAX_TEXT_BYTES = 2000
 def text(message: Message, *, public_url: str | None = None) -> str:
     """One alert in a few lines: what happened, where, since when, and a link to the console's
     job page when the receiver's ``public_url`` is known."""
-    data = message.data
+    data = message.data or {}
     what = message.type.removeprefix("finding.")
     kind = data.get("kind", "finding")
     lines = [f"[MetaStudio] {kind} {what}"]

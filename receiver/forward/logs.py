@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from receiver.config import DestinationSettings
-from receiver.forward.messages import Message, event_message, finding_message
+from receiver.forward import event_rows
+from receiver.forward.messages import Message, finding_message
 from receiver.store.models import Event, FindingChange
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
@@ -32,16 +33,10 @@ def read_events(
 ) -> tuple[list[Message], int]:
     """The destination's next events after ``after`` (at most ``limit``), and the last event id
     when they were read: every event up to it that is not listed is not for this destination."""
-    head = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0))).scalar_one())
+    head = event_rows.last_id(conn)
     if head <= after:
         return [], head
-    query = (
-        sa.select(EVENTS)
-        .where(EVENTS.c.id > after, EVENTS.c.id <= head, *event_filters(destination))
-        .order_by(EVENTS.c.id)
-        .limit(limit)
-    )
-    return [event_message(row) for row in conn.execute(query)], head
+    return event_rows.after(conn, destination, after=after, head=head, limit=limit), head
 
 
 def read_findings(conn: Connection, *, after: int, limit: int) -> tuple[list[Message], int]:

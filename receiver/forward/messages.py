@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from receiver.store.views import event_json, iso
+from receiver.store.views import iso
 
 EVENT = "event"
 FINDING = "finding"
@@ -36,8 +36,9 @@ class Message:
     source_id: int
     # When the receiver stored it (the end-to-end latency is measured from here).
     stored_at: datetime
-    # The payload's data, for the chat formats (receiver.forward.chat).
-    data: dict[str, Any]
+    # The payload's data, for the chat formats (receiver.forward.chat): a finding's. An event's
+    # is only in ``body`` (receiver.forward.event_rows builds it without Python objects).
+    data: dict[str, Any] | None
 
 
 def event_message_id(event_id: int) -> str:
@@ -52,20 +53,6 @@ def event_order_key(job_key: str | None, room_key: str | None) -> str:
     if job_key:
         return f"job:{job_key}"
     return f"room:{room_key}" if room_key else "none"
-
-
-def event_message(row: Any) -> Message:
-    """``row``: an ``events`` row (every column)."""
-    data = event_json(row)
-    return _message(
-        message_id=event_message_id(row.id),
-        type_=f"metastudio.{row.event_type}",
-        stamp=row.received_at,
-        data=data,
-        order_key=event_order_key(row.job_key, row.room_key),
-        source=EVENT,
-        source_id=row.id,
-    )
 
 
 def finding_message(row: Any) -> Message:

@@ -29,11 +29,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from receiver.forward import event_rows
 from receiver.forward.messages import (
     EVENT,
     FINDING,
     Message,
-    event_message,
     finding_message,
     with_order_key,
 )
@@ -256,13 +256,9 @@ def parked_runs(
             .limit(limit)
         )
     ]
-    events = [row.source_id for row in rows if row.source == EVENT]
+    events = event_rows.by_ids(conn, [row.source_id for row in rows if row.source == EVENT])
+    found: dict[tuple[str, int], Message] = {(EVENT, i): m for i, m in events.items()}
     changes = [row.source_id for row in rows if row.source == FINDING]
-    found: dict[tuple[str, int], Message] = {}
-    for start in range(0, len(events), 500):
-        chunk = events[start : start + 500]
-        for event in conn.execute(sa.select(EVENTS).where(EVENTS.c.id.in_(chunk))):
-            found[(EVENT, event.id)] = event_message(event)
     for start in range(0, len(changes), 500):
         chunk = changes[start : start + 500]
         for change in conn.execute(sa.select(CHANGES).where(CHANGES.c.id.in_(chunk))):
