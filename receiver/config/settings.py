@@ -32,6 +32,7 @@ from receiver.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///receiver.db"
 STORE_WRITERS = ("process", "thread")
+FORWARDERS = ("process", "server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class Settings:
     client_timeout_seconds: float = 10.0
     # ``serve`` worker processes on one port (more than one needs PostgreSQL: receiver.web.serving).
     workers: int = 1
+    # Where forwarding runs: "process" (a child process, so it never takes turns with the intake
+    # for the interpreter lock: receiver.forward.process) or "server" (the server's event loop).
+    forwarder: str = "process"
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for endpoint in self.endpoints:
@@ -138,7 +142,11 @@ def settings_from_mapping(
     store_writer = optional_str(data, "store_writer", "process")
     if store_writer not in STORE_WRITERS:
         raise ConfigError(f"store_writer: must be 'process' or 'thread', not {store_writer!r}")
+    forwarder = optional_str(data, "forwarder", "process")
+    if forwarder not in FORWARDERS:
+        raise ConfigError(f"forwarder: must be 'process' or 'server', not {forwarder!r}")
     return Settings(
+        forwarder=forwarder,
         database_url=database_url,
         api_tokens=api_tokens,
         max_body_bytes=whole_number(data, "max_body_bytes", 65536, low=256, high=16 * 1024 * 1024),

@@ -1,16 +1,18 @@
-"""Events read for forwarding straight from the database driver, and their messages built as
-bytes without a round trip through Python objects.
+"""Events read for forwarding straight from the database driver, their messages written as
+bytes in one formatting step.
 
-At full load the forwarder reads every event the intake stores, so this is its hot path. The
-SQL goes to the driver itself (no SQLAlchemy row processing), each stored JSON text is spliced
-into the payload as it is, and only a message that holds a ``stream_key`` is parsed (to mask it,
-as every answer does). The result is the same JSON, field for field, as
-``receiver.forward.messages.event_message`` builds from ``receiver.store.views.event_json``
-(tests/forward/test_event_rows.py compares the two on both stores).
+At full load the forwarder reads every event the intake stores, so this is its hot path
+(bench/forward.py measures it). The SQL goes to the driver (no SQLAlchemy row processing); the
+database hands back the times already as the API shows them and the received time in seconds;
+the stored JSON of the event goes into the message as it is, and is parsed only when it holds a
+``stream_key``, to mask it as every answer does. The message is the same JSON, field for field,
+as ``GET /v1/events/{id}`` answers (tests/forward/test_event_rows.py compares them on both
+stores).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,25 +21,31 @@ import orjson
 from sqlalchemy.engine import Connection
 
 from receiver.config import DestinationSettings
-from receiver.forward.messages import EVENT, Message, event_message_id, event_order_key
-from receiver.protocol.events import masked_message
+from receiver.forward.messages import EVENT, Message, event_order_key
+from receiver.protocol.events import mask_stream_key, masked_message
 from receiver.store.views import iso
 
-_SQLITE_COLUMNS = (
+_COLUMNS = (
     "id, endpoint, event_type, room_id, job_id, room_key, job_key, received_at, signed_at, "
     "message, message_encoding, extra, delivery_id"
 )
-# JSONB as its text: spliced in as it is (valid JSON, PostgreSQL's spacing).
-_PG_COLUMNS = _SQLITE_COLUMNS.replace("message,", "message::text,").replace(
-    "extra,", "extra::text,"
+# JSONB as its text: valid JSON, in PostgreSQL's spacing.
+_PG_COLUMNS = _COLUMNS.replace("message,", "message::text,").replace("extra,", "extra::text,")
+# The message, with every value already JSON (a time, a stored object, an escaped string)
+# but the ids and the type's text inside its quotes.
+_BODY = (
+    '{"type":"metastudio.%s","timestamp":%s,"data":{"id":%d,"endpoint":%s,"event_type":%s,'
+    '"room_id":%s,"job_id":%s,"received_at":%s,"signed_at":%s,"message":%s,'
+    '"message_encoding":%s,"extra":%s,"delivery_id":%d}}'
 )
-_STREAM_KEY = b"stream_key"
-_NULL = b"null"
+_STREAM_KEY = '"stream_key"'
+# A stream key written plainly (a string without escapes) where a key may stand: masked in the
+# text itself. Anything else that names a stream key is parsed and masked as the API masks it.
+_PLAIN_STREAM_KEY = re.compile(r'([{,]\s*"stream_key"\s*:\s*)"([^"\\]*)"')
 
 
-def _marks(conn: Connection, count: int) -> str:
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    return ", ".join([mark] * count)
+def _mark(conn: Connection) -> str:
+    return "%s" if conn.dialect.name == "postgresql" else "?"
 
 
 def last_id(conn: Connection) -> int:
@@ -50,114 +58,117 @@ def after(
     conn: Connection, destination: DestinationSettings, *, after: int, head: int, limit: int
 ) -> list[Message]:
     """The destination's events with ids in (``after``, ``head``], at most ``limit``."""
-    conditions = ["id > {m}", "id <= {m}"]
+    mark = _mark(conn)
+    conditions = [f"id > {mark}", f"id <= {mark}"]
     params: list[Any] = [after, head]
-    if destination.endpoints is not None:
-        names = sorted(destination.endpoints)
-        conditions.append(f"endpoint IN ({_marks(conn, len(names))})")
-        params += names
-    if destination.event_types is not None:
-        types = sorted(destination.event_types)
-        conditions.append(f"event_type IN ({_marks(conn, len(types))})")
-        params += types
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    where = " AND ".join(conditions).replace("{m}", mark)
-    return _select(conn, f"WHERE {where} ORDER BY id LIMIT {mark}", [*params, limit])
+    for column, names in (
+        ("endpoint", destination.endpoints),
+        ("event_type", destination.event_types),
+    ):
+        if names is not None:
+            conditions.append(f"{column} IN ({', '.join([mark] * len(names))})")
+            params += sorted(names)
+    return _select(
+        conn, f"WHERE {' AND '.join(conditions)} ORDER BY id LIMIT {mark}", [*params, limit]
+    )
 
 
 def by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, Message]:
     """The events of ``ids`` that are stored, by id."""
     found: dict[int, Message] = {}
+    mark = _mark(conn)
     for start in range(0, len(ids), 500):
         chunk = list(ids[start : start + 500])
-        rows = _select(conn, f"WHERE id IN ({_marks(conn, len(chunk))})", chunk)
+        rows = _select(conn, f"WHERE id IN ({', '.join([mark] * len(chunk))})", chunk)
         found.update((message.source_id, message) for message in rows)
     return found
 
 
 def _select(conn: Connection, tail: str, params: list[Any]) -> list[Message]:
     postgres = conn.dialect.name == "postgresql"
-    columns = _PG_COLUMNS if postgres else _SQLITE_COLUMNS
+    columns = _PG_COLUMNS if postgres else _COLUMNS
     sql = f"SELECT {columns} FROM events {tail}"  # noqa: S608 - constants and placeholders
-    cursor = conn.exec_driver_sql(sql, tuple(params))
-    stamp = _pg_time if postgres else _sqlite_time
-    return [_message(row, stamp) for row in cursor.fetchall()]
+    rows = conn.exec_driver_sql(sql, tuple(params)).fetchall()
+    times = _pg_times if postgres else _sqlite_times
+    return [_message(row, times) for row in rows]
 
 
-def _message(row: Sequence[Any], stamp: Any) -> Message:
+def _message(row: Sequence[Any], times: Any) -> Message:
     (event_id, endpoint, event_type, room_id, job_id, room_key, job_key) = row[:7]
-    received, signed, message, encoding, extra, delivery_id = row[7:]
-    received_text = stamp(received)
-    message_json = _json_text(event_type, message)
-    extra_json = _json_text(event_type, extra)
+    received_at, signed_at, message, encoding, extra, delivery_id = row[7:]
+    received, signed, epoch = times(received_at, signed_at)
     dumps = orjson.dumps
-    body = b"".join(
-        (
-            b'{"type":',
-            dumps("metastudio." + event_type),
-            b',"timestamp":',
-            received_text,
-            b',"data":{"id":',
-            str(event_id).encode(),
-            b',"endpoint":',
-            dumps(endpoint),
-            b',"event_type":',
-            dumps(event_type),
-            b',"room_id":',
-            dumps(room_id),
-            b',"job_id":',
-            dumps(job_id),
-            b',"received_at":',
-            received_text,
-            b',"signed_at":',
-            _NULL if signed is None else stamp(signed),
-            b',"message":',
-            message_json,
-            b',"message_encoding":',
-            dumps(encoding),
-            b',"extra":',
-            extra_json,
-            b',"delivery_id":',
-            str(delivery_id).encode(),
-            b"}}",
-        )
+    kind = dumps(event_type).decode()
+    body = _BODY % (
+        kind[1:-1],
+        received,
+        event_id,
+        dumps(endpoint).decode(),
+        kind,
+        dumps(room_id).decode(),
+        dumps(job_id).decode(),
+        received,
+        signed,
+        _json_text(event_type, message),
+        dumps(encoding).decode(),
+        _json_text(event_type, extra),
+        delivery_id,
     )
-    return Message(
-        id=event_message_id(event_id),
-        type="metastudio." + event_type,
-        body=body,
-        order_key=event_order_key(job_key, room_key),
-        source=EVENT,
-        source_id=int(event_id),
-        stored_at=_when(received),
-        data=None,
+    return Message(  # by position: the fields of Message, in order
+        f"evt_{event_id}",
+        "metastudio." + event_type,
+        body.encode(),
+        event_order_key(job_key, room_key),
+        EVENT,
+        event_id,
+        epoch,
+        None,
     )
 
 
-def _json_text(event_type: str, stored: Any) -> bytes:
-    """The stored JSON as it is, or parsed and masked when it holds a stream key."""
-    text = stored.encode() if isinstance(stored, str) else bytes(stored)
-    if _STREAM_KEY not in text:
-        return text
-    return orjson.dumps(masked_message(event_type, orjson.loads(text)))
+def _json_text(event_type: str, stored: str) -> str:
+    """The stored JSON as it is, with its stream keys masked (receiver.protocol.events)."""
+    if _STREAM_KEY not in stored:
+        return stored
+    masked, found = _PLAIN_STREAM_KEY.subn(_mask, stored)
+    if found == stored.count(_STREAM_KEY):
+        return masked
+    return orjson.dumps(masked_message(event_type, orjson.loads(stored))).decode()
 
 
-def _sqlite_time(value: str) -> bytes:
-    """``2024-09-10 00:30:00.250000`` (as receiver.store.rows writes it) as the API shows it
-    (receiver.store.views.iso): ``"2024-09-10T00:30:00.250000Z"``, and no fraction when the
-    microseconds are zero."""
-    if len(value) == 26 and value[10] == " " and value[19] == ".":
-        if value.endswith(".000000"):
-            return b'"' + (value[:10] + "T" + value[11:19] + "Z").encode() + b'"'
-        return b'"' + (value[:10] + "T" + value[11:] + "Z").encode() + b'"'
-    return orjson.dumps(iso(datetime.fromisoformat(value).replace(tzinfo=UTC)))
+def _mask(match: re.Match[str]) -> str:
+    return f'{match[1]}"{mask_stream_key(match[2])}"'
 
 
-def _pg_time(value: datetime) -> bytes:
-    return orjson.dumps(iso(value.astimezone(UTC)))
+# Seconds since the epoch at the start of each day seen (a day's events share it).
+_DAYS: dict[str, float] = {}
 
 
-def _when(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC)
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+def _sqlite_times(received: str, signed: str | None) -> tuple[str, str, float]:
+    """Times stored as ``2024-09-10 00:30:00.250000`` (receiver.store.rows) as JSON, as
+    receiver.store.views.iso shows them (``"2024-09-10T00:30:00.250000Z"``, no fraction when
+    it is zero, ``null``), and the received time in seconds since the epoch."""
+    if len(received) != 26:  # not as receiver.store.rows writes it: the slow way
+        moment = datetime.fromisoformat(received).replace(tzinfo=UTC)
+        other = None if signed is None else datetime.fromisoformat(signed).replace(tzinfo=UTC)
+        return _pg_times(moment, other)
+    day = received[:10]
+    start = _DAYS.get(day)
+    if start is None:
+        start = _DAYS[day] = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
+    epoch = start + int(received[11:13]) * 3600 + int(received[14:16]) * 60 + float(received[17:])
+    return _sqlite_iso(received), "null" if signed is None else _sqlite_iso(signed), epoch
+
+
+def _sqlite_iso(value: str) -> str:
+    if len(value) != 26:
+        return orjson.dumps(iso(datetime.fromisoformat(value).replace(tzinfo=UTC))).decode()
+    if value.endswith(".000000"):
+        return f'"{value[:10]}T{value[11:19]}Z"'
+    return f'"{value[:10]}T{value[11:]}Z"'
+
+
+def _pg_times(received: datetime, signed: datetime | None) -> tuple[str, str, float]:
+    shown = orjson.dumps(iso(received.astimezone(UTC))).decode()
+    other = "null" if signed is None else orjson.dumps(iso(signed.astimezone(UTC))).decode()
+    return shown, other, received.timestamp()

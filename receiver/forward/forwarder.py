@@ -56,8 +56,10 @@ class Forwarder:
         transports: dict[str, Transport] | None = None,
         owner: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
+        owns_engine: bool = False,
     ) -> None:
         self.engine = engine
+        self.owns_engine = owns_engine
         self.owner = owner or replica_id()
         self.lease_seconds = lease_seconds
         self.metrics = metrics
@@ -126,6 +128,8 @@ class Forwarder:
     async def stop(self) -> None:
         """Stop sending, save each place, and let go of the leases for another replica."""
         if not self._tasks:
+            if self.owns_engine:
+                self.engine.dispose()
             return
         self.closing.set()
         for loop in self.loops.values():
@@ -146,6 +150,8 @@ class Forwarder:
         if names:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._release, names)
+        if self.owns_engine:
+            self.engine.dispose()
 
     def _release(self, names: list[str]) -> None:
         with self.engine.begin() as conn:
@@ -224,9 +230,8 @@ class Forwarder:
         self, name: str, delivered: list[tuple[Message, Outcome]], now: datetime
     ) -> None:
         if self.metrics is not None:
-            self.metrics.forward_latency(
-                name, [(now - m.stored_at).total_seconds() for m, _ in delivered]
-            )
+            acked = now.timestamp()
+            self.metrics.forward_latency(name, [acked - m.stored_at for m, _ in delivered])
 
     def _outcome(self, name: str, kind: str, count: int) -> None:
         if self.metrics is not None:

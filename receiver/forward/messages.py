@@ -11,9 +11,8 @@ It is built from the stored row alone, so every re-send of a message carries the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -25,8 +24,9 @@ FINDING = "finding"
 RESEND_PREFIX = "r:"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
+    """One message (a named tuple: the forwarder makes one per event at full load)."""
+
     id: str
     type: str
     body: bytes
@@ -34,8 +34,9 @@ class Message:
     order_key: str
     source: str
     source_id: int
-    # When the receiver stored it (the end-to-end latency is measured from here).
-    stored_at: datetime
+    # When the receiver stored it, in seconds since the epoch (the end-to-end latency is
+    # measured from here).
+    stored_at: float
     # The payload's data, for the chat formats (receiver.forward.chat): a finding's. An event's
     # is only in ``body`` (receiver.forward.event_rows builds it without Python objects).
     data: dict[str, Any] | None
@@ -86,19 +87,10 @@ def _message(
         order_key=order_key,
         source=source,
         source_id=source_id,
-        stored_at=stamp,
+        stored_at=stamp.timestamp(),
         data=data,
     )
 
 
 def with_order_key(message: Message, order_key: str) -> Message:
-    return Message(
-        id=message.id,
-        type=message.type,
-        body=message.body,
-        order_key=order_key,
-        source=message.source,
-        source_id=message.source_id,
-        stored_at=message.stored_at,
-        data=message.data,
-    )
+    return message._replace(order_key=order_key)

@@ -34,7 +34,7 @@ _PR_SET_PDEATHSIG = 1
 CHECKPOINT_SECONDS = 1.0
 
 
-def _die_with_parent_thread() -> None:
+def die_with_parent_thread() -> None:
     """SIGKILL when the thread that started this process ends (Linux: PR_SET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
         return
@@ -44,7 +44,7 @@ def _die_with_parent_thread() -> None:
 
 
 def _child_main(conn: Connection, parent_pid: int) -> None:
-    _die_with_parent_thread()
+    die_with_parent_thread()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
     from receiver.store.driver import Store

@@ -31,6 +31,7 @@ from receiver.web.runtime import Runtime, build_crosschecker
 
 if TYPE_CHECKING:
     from receiver.forward.forwarder import Forwarder
+    from receiver.forward.process import ForwarderProcess
 
 log = logging.getLogger("receiver.app")
 
@@ -85,21 +86,25 @@ def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
     return restore
 
 
-def _forwarder(settings: Settings, metrics: Metrics) -> Forwarder | None:
-    """The forwarder of the configured destinations, on an engine of its own (a slow query of
-    the API never holds its connections, nor it the API's)."""
+def _forwarder(settings: Settings, metrics: Metrics) -> Forwarder | ForwarderProcess | None:
+    """The forwarder of the configured destinations: in a process of its own (the default,
+    receiver.forward.process), or on this event loop with an engine of its own."""
     if not settings.destinations:
         return None
-    from receiver.forward.forwarder import Forwarder
-
     for destination in settings.destinations:
         redact(destination.credentials())
+    if settings.forwarder == "process":
+        from receiver.forward.process import ForwarderProcess
+
+        return ForwarderProcess(settings, metrics=metrics)
+    from receiver.forward.forwarder import Forwarder
+
     engine = create_engine_for(settings.database_url, pool_size=2)
-    return Forwarder(settings.destinations, engine=engine, metrics=metrics)
+    return Forwarder(settings.destinations, engine=engine, metrics=metrics, owns_engine=True)
 
 
 def _and_wake(
-    observe: Callable[[Sequence[Any]], None], forwarder: Forwarder
+    observe: Callable[[Sequence[Any]], None], forwarder: Forwarder | ForwarderProcess
 ) -> Callable[[Sequence[Any]], None]:
     """After each committed batch: the metrics, then the forwarder's wake-up (an event set;
     the intake never waits for a destination)."""
@@ -166,7 +171,6 @@ def create_app(settings: Settings) -> ReceiverApp:
                     await periodic
             if forwarder is not None:
                 await forwarder.stop()
-                forwarder.engine.dispose()
             await rejections.stop()
             await writer.stop()
             if source is not None:

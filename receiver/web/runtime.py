@@ -24,6 +24,7 @@ from receiver.store.rejections import RejectionLog
 if TYPE_CHECKING:
     from receiver.crosscheck.metastudio import MetaStudioJobs
     from receiver.forward.forwarder import Forwarder
+    from receiver.forward.process import ForwarderProcess
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Runtime:
     endpoints: dict[str, EndpointSettings] = field(default_factory=dict)
     crosschecker: CrossChecker | None = None
     # Hands stored events on to [[destinations]] (None when none is configured).
-    forwarder: Forwarder | None = None
+    forwarder: Forwarder | ForwarderProcess | None = None
     # Set when the server is told to stop: long-lived answers (the event stream) end then,
     # instead of holding the shutdown until their clients leave.
     closing: asyncio.Event = field(default_factory=asyncio.Event)

@@ -48,6 +48,21 @@ def bodies() -> list[tuple[str, dict[str, Any], str]]:
             "string",
         ),
         ("RTMP_STREAM_STATE_CHANGE", {"room_id": "r2", "job_id": "j2", "state": "END"}, "string"),
+        # Stream keys in every shape: escaped characters, not a string, short, in a list, and
+        # the words "stream_key" inside another value.
+        (
+            "RTMP_STREAM_STATE_CHANGE",
+            {
+                "room_id": "r3",
+                "job_id": "j3",
+                "state": "CONNECTING",
+                "stream_key": 'quote"in-the-key-4321',
+                "list": [{"stream_key": 12345678}, {"stream_key": "short"}],
+                "title": '{"stream_key":"not-a-key-0000"}',
+                "none": {"stream_key": None},
+            },
+            "string",
+        ),
     ]
 
 
@@ -88,7 +103,7 @@ def test_the_message_is_the_apis_event(app_client: Any, migrated_url: str) -> No
     finally:
         engine.dispose()
     assert [m.source_id for m in read] == ids
-    assert [m.source_id for m in only_rtmp] == [ids[1], ids[4]]
+    assert [m.source_id for m in only_rtmp] == [ids[1], ids[4], ids[5]]
     for message in read:
         event = client.get(f"/v1/events/{message.source_id}", headers=AUTH).json()
         payload = json.loads(message.body)
@@ -102,6 +117,12 @@ def test_the_message_is_the_apis_event(app_client: Any, migrated_url: str) -> No
         assert message.type == payload["type"]
     text = b"".join(m.body for m in read)
     assert b"live-key-secret" not in text and b"deep-secret" not in text
+    assert b"quote" not in read[5].body and b"12345678" not in read[5].body
+    shapes = json.loads(read[5].body)["data"]["message"]
+    assert (
+        shapes["stream_key"] == "****4321" and shapes["title"] == '{"stream_key":"not-a-key-0000"}'
+    )
+    assert shapes["list"] == [{"stream_key": "****"}, {"stream_key": "****"}]
     assert json.loads(read[1].body)["data"]["message"]["nested"]["stream_key"] == "****5555"
     assert read[0].order_key == read[1].order_key == "job:j1"
     assert read[2].order_key == "room:r1"
