@@ -232,7 +232,8 @@ def fake_metastudio_fixtures(**options: Any) -> tuple[Any, Any, Any]:
 
 def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **top: Any) -> Path:
     """A receiver.toml with the given endpoint tables (values: str, int, float, bool, lists); a
-    top-level value that is a list of dicts becomes an array of tables (``destinations=[...]``)."""
+    top-level value that is a dict becomes a table (``rules={...}``), a list of dicts an array of
+    tables (``destinations=[...]``)."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -247,7 +248,13 @@ def write_config(path: Path, database_url: str, *endpoints: dict[str, Any], **to
         return isinstance(v, list) and bool(v) and all(isinstance(t, dict) for t in v)
 
     lines = [f"database_url = {value(database_url)}"]
-    lines += [f"{k} = {value(v)}" for k, v in top.items() if not tables(v)]
+    lines += [
+        f"{k} = {value(v)}" for k, v in top.items() if not tables(v) and not isinstance(v, dict)
+    ]
+    for key, table in top.items():
+        if isinstance(table, dict):  # e.g. rules={...}: a [rules] table
+            lines.append(f"[{key}]")
+            lines += [f"{k} = {value(v)}" for k, v in table.items()]
     arrays = {"endpoints": list(endpoints or (endpoint_table(),))}
     arrays.update({k: v for k, v in top.items() if tables(v)})  # e.g. destinations=[{...}]
     for key, items in arrays.items():

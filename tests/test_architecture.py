@@ -30,14 +30,16 @@ LAYERS: dict[str, int] = {
     "receiver.crosscheck": 4,
     # hands stored events on; beside the cross-check (neither imports the other)
     "receiver.forward": 4,
+    # stream health from the callbacks: writes findings (crosscheck), leased as forwarding is
+    "receiver.rules": 5,
     # the service
-    "receiver.intake": 5,
-    "receiver.web": 6,
+    "receiver.intake": 6,
+    "receiver.web": 7,
     # what users test with, and the commands
-    "receiver.tools": 7,
-    "receiver.testing": 8,
-    "receiver.cli": 9,
-    "receiver.__main__": 10,
+    "receiver.tools": 8,
+    "receiver.testing": 9,
+    "receiver.cli": 10,
+    "receiver.__main__": 11,
 }
 
 # A module may be this long: split by purpose before (STYLE.md: "split before ~400 lines").

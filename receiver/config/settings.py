@@ -20,6 +20,7 @@ from receiver.config.destinations import DestinationSettings, destinations_from
 from receiver.config.endpoints import EndpointSettings, endpoints_from
 from receiver.config.environment import check_environment
 from receiver.config.metastudio import MetaStudioSettings, metastudio_from
+from receiver.config.rules import RulesSettings, public_url_from, rules_from
 from receiver.config.secrets_file import with_secrets
 from receiver.config.values import (
     no_unknown_keys,
@@ -65,6 +66,10 @@ class Settings:
     # Where forwarding runs: "process" (a child process, so it never takes turns with the intake
     # for the interpreter lock: receiver.forward.process) or "server" (the server's event loop).
     forwarder: str = "process"
+    # Stream health from the callbacks themselves (receiver.rules).
+    rules: RulesSettings = field(default_factory=RulesSettings)
+    # Where people reach this receiver (chat alerts link to its console under it).
+    public_url: str | None = None
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for endpoint in self.endpoints:
@@ -90,6 +95,9 @@ _TOP_KEYS = {
     "client_timeout_seconds",
     "workers",
     "secrets_file",
+    "forwarder",
+    "rules",
+    "public_url",
 }
 
 
@@ -145,7 +153,10 @@ def settings_from_mapping(
     forwarder = optional_str(data, "forwarder", "process")
     if forwarder not in FORWARDERS:
         raise ConfigError(f"forwarder: must be 'process' or 'server', not {forwarder!r}")
+    rules_raw = data.get("rules")
     return Settings(
+        rules=RulesSettings() if rules_raw is None else rules_from(rules_raw),
+        public_url=public_url_from(data.get("public_url")),
         forwarder=forwarder,
         database_url=database_url,
         api_tokens=api_tokens,

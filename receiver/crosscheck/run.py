@@ -104,11 +104,19 @@ class CrossChecker:
         # Told how each run ended (metrics); see run().
         self.on_outcome: Callable[[str], None] | None = None
 
-    async def run(self, *, room_id: str | None = None, now: datetime | None = None) -> RunReport:
+    async def run(
+        self, *, room_id: str | None = None, now: datetime | None = None, fresh: bool = False
+    ) -> RunReport:
         """One cross-check (of one room, or of every room events came from; ``room_id`` in
         either of MetaStudio's spellings, see ``receiver.protocol.ids``). Raises
         StoreUnavailable when the store fails; ``on_outcome`` hears "ran", "skipped" (another
-        run holds the lock, here or on another replica) or "store_error"."""
+        run holds the lock, here or on another replica) or "store_error".
+
+        ``fresh``: ask MetaStudio afresh rather than from the short cache of its answers, as a
+        run someone asked for must (a credential revoked a moment ago shows in that run)."""
+        invalidate = getattr(self.source, "invalidate", None)
+        if fresh and invalidate is not None:
+            invalidate(room_id)
         try:
             report = await self._run_once(room_id=room_id, now=now)
         except StoreUnavailable:

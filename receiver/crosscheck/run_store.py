@@ -183,6 +183,24 @@ def upsert_findings(conn: Connection, drafts: list[rules.Draft], now: datetime) 
     return len(opened)
 
 
+def resolve_findings(conn: Connection, fingerprints: Sequence[str], now: datetime) -> int:
+    """Resolve the open findings of these conditions (logged: receiver.store.finding_log);
+    how many there were."""
+    if not fingerprints:
+        return 0
+    ids = list(
+        conn.execute(
+            sa.select(FINDINGS.c.id).where(
+                FINDINGS.c.fingerprint.in_(list(fingerprints)), FINDINGS.c.resolved_at.is_(None)
+            )
+        ).scalars()
+    )
+    if ids:
+        conn.execute(sa.update(FINDINGS).where(FINDINGS.c.id.in_(ids)).values(resolved_at=now))
+        finding_log.record(conn, ids, finding_log.RESOLVED, now=now)
+    return len(ids)
+
+
 def open_findings(engine: sa.Engine, *, rooms: list[str], full: bool) -> list[dict[str, Any]]:
     """The open, unacknowledged findings of ``rooms`` (all when empty) for a run's report; a
     ``full`` run's include the endpoints' findings it looked for."""

@@ -85,6 +85,15 @@ class FakeMetaStudio:
         with self._lock:
             self._credentials[ak] = sk
 
+    def revoke(self, *, ak: str | None = None, token: str | None = None) -> None:
+        """Refuse this AK (or token) from now on, as MetaStudio does once a credential is
+        deleted: 401 MSS.00000001."""
+        with self._lock:
+            if ak is not None:
+                self._credentials.pop(ak, None)
+            if token is not None:
+                self._tokens.discard(token)
+
     @property
     def mode(self) -> str:
         return self._mode

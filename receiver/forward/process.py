@@ -127,6 +127,7 @@ class ForwarderProcess:
                 "database_url": self.settings.database_url,
                 "destinations": self.settings.destinations,
                 "log_level": self.settings.log_level,
+                "public_url": self.settings.public_url,
                 "owner": self.owner,
             },
         )

@@ -304,4 +304,26 @@ class ForwardAttempt(SQLModel, table=True):
     response: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
 
 
+class StreamHealth(SQLModel, table=True):
+    """One job's RTMP stream as its callbacks tell it (receiver.rules): the latest state, since
+    when it has been down (DISCONNECTED or RECONNECTING, until CONNECTED or END), its recent
+    reconnects, and which of its findings are open, so a rule opens each one once."""
+
+    __tablename__ = "stream_health"
+
+    job_key: str = Field(sa_column=sa.Column(sa.String(128), primary_key=True))
+    job_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    room_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
+    endpoint: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    state: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    state_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    down_since: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    down_event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
+    # Received times (seconds since the epoch) of the reconnects within the flapping window.
+    reconnects: list[Any] = Field(default_factory=list, sa_column=sa.Column(Json, nullable=False))
+    down_open: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    flapping_open: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
+    last_event_id: int = Field(sa_column=sa.Column(BigId, nullable=False))
+
+
 metadata = SQLModel.metadata

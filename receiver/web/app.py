@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,6 +32,7 @@ from receiver.web.runtime import Runtime, build_crosschecker
 if TYPE_CHECKING:
     from receiver.forward.forwarder import Forwarder
     from receiver.forward.process import ForwarderProcess
+    from receiver.rules.monitor import StreamMonitor
 
 log = logging.getLogger("receiver.app")
 
@@ -100,18 +101,39 @@ def _forwarder(settings: Settings, metrics: Metrics) -> Forwarder | ForwarderPro
     from receiver.forward.forwarder import Forwarder
 
     engine = create_engine_for(settings.database_url, pool_size=2)
-    return Forwarder(settings.destinations, engine=engine, metrics=metrics, owns_engine=True)
+    return Forwarder(
+        settings.destinations,
+        engine=engine,
+        metrics=metrics,
+        owns_engine=True,
+        public_url=settings.public_url,
+    )
+
+
+def _monitor(settings: Settings) -> StreamMonitor | None:
+    """The stream rules ([rules]), on an engine of their own."""
+    if not settings.rules.active:
+        return None
+    from receiver.rules.monitor import StreamMonitor
+
+    engine = create_engine_for(settings.database_url, pool_size=1)
+    return StreamMonitor(settings.rules, engine=engine)
+
+
+class _Wakeable(Protocol):
+    def wake(self) -> None: ...
 
 
 def _and_wake(
-    observe: Callable[[Sequence[Any]], None], forwarder: Forwarder | ForwarderProcess
+    observe: Callable[[Sequence[Any]], None] | None, follower: _Wakeable
 ) -> Callable[[Sequence[Any]], None]:
-    """After each committed batch: the metrics, then the forwarder's wake-up (an event set;
-    the intake never waits for a destination)."""
+    """After each committed batch: what was there (the metrics), then a wake-up of one who
+    follows the event log (an event set, a small write: the intake never waits for it)."""
 
     def on_batch(outcomes: Sequence[Any]) -> None:
-        observe(outcomes)
-        forwarder.wake()
+        if observe is not None:
+            observe(outcomes)
+        follower.wake()
 
     return on_batch
 
@@ -155,6 +177,10 @@ def create_app(settings: Settings) -> ReceiverApp:
         await rejections.start()
         if forwarder is not None:
             await forwarder.start()
+        monitor = _monitor(settings)
+        if monitor is not None:
+            await monitor.start()
+            writer.on_batch = _and_wake(writer.on_batch, monitor)
         periodic = None
         if runtime.crosschecker is not None and settings.metastudio is not None:
             interval = settings.metastudio.crosscheck_interval_seconds
@@ -169,6 +195,8 @@ def create_app(settings: Settings) -> ReceiverApp:
                 periodic.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await periodic
+            if monitor is not None:
+                await monitor.stop()
             if forwarder is not None:
                 await forwarder.stop()
             await rejections.stop()

@@ -204,7 +204,13 @@ PATHS: dict[str, dict[str, Schema]] = {
             closed(
                 {
                     "action": enum("ack", "mute"),
-                    "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                    # Not blank: a reason of only spaces or line breaks is refused (400).
+                    "reason": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 500,
+                        "pattern": r"\S",
+                    },
                     "by": {"type": "string", "pattern": r"^[\w .@+-]{1,64}$"},
                 },
                 "reason",

@@ -385,3 +385,25 @@ def test_an_oversized_crosscheck_body_is_refused_unread(migrated_url: str) -> No
         answer = client.post("/v1/crosscheck", content=b"{" + b" " * 10_000 + b"}", headers=AUTH)
     assert answer.status_code == 413, answer.text
     assert answer.json()["error_code"] == "RCV.BODY_TOO_LARGE"
+
+
+def test_a_credential_revoked_a_moment_ago_is_named_by_the_run_asked_for(
+    migrated_url: str, fake: fm.FakeMetaStudio, served: tuple[fm.FakeMetaStudio, str]
+) -> None:
+    """POST /v1/crosscheck asks MetaStudio afresh, whatever its answers' cache holds: a
+    credential revoked just now shows in the run that was asked for."""
+    data = {
+        "database_url": migrated_url,
+        "api_tokens": ["test-token"],
+        "endpoints": [endpoint_table()],
+        "metastudio": {**metastudio_table(served[1]), "cache_seconds": 60},
+    }
+    with TestClient(create_app(settings_from_mapping(data, environ=ENV))) as client:
+        fake.add_job(fm.fake_job(job_id=KNOWN, room_id=ROOM_A, state="PROCESSING", end_time=""))
+        event(client, KNOWN, ROOM_A)
+        assert crosscheck(client)["rooms_failed"] == 0  # the answer is cached for 60 s now
+        fake.revoke(ak=fm.DEFAULT_AK)
+        report = crosscheck(client)
+        assert (report["rooms_checked"], report["rooms_failed"]) == (0, 1)
+        (finding,) = [f for f in report["open_findings"] if f["kind"] == "metastudio_unauthorized"]
+        assert "401" in finding["detail"]

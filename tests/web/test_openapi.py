@@ -154,10 +154,51 @@ def _operation(path: str, method: str = "GET") -> Any:
     return SCHEMA[path][method]
 
 
+# A destination nothing answers for: the forwarding routes have one to show, failing.
+NOWHERE = {
+    "name": "app",
+    "kind": "redis",
+    "url": "redis://127.0.0.1:1",
+    "retry_seconds": [0.1],
+    "timeout_seconds": 0.5,
+}
+
+
 def test_real_answers_match_their_schemas(app_client: Any) -> None:
     """Answers with data in them (schemathesis, below, mostly sees an empty store)."""
-    client = app_client(max_body_bytes=4096)
+    client = app_client(max_body_bytes=4096, destinations=[NOWHERE])
     _seed(client)
+    deadline = time.monotonic() + 10
+    while not client.get("/v1/destinations/app/attempts", headers=AUTH).json()["attempts"]:
+        assert time.monotonic() < deadline, "the destination was not tried"
+        time.sleep(0.05)
+    for path, method, template, body in [
+        ("/v1/destinations", "GET", "/v1/destinations", None),
+        ("/v1/destinations/{name}", "GET", "/v1/destinations/app", None),
+        ("/v1/destinations/{name}", "GET", "/v1/destinations/nope", None),
+        ("/v1/destinations/{name}/attempts", "GET", "/v1/destinations/app/attempts?limit=1", None),
+        ("/v1/destinations/{name}/messages", "GET", "/v1/destinations/app/messages", None),
+        (
+            "/v1/destinations/{name}/resend",
+            "POST",
+            "/v1/destinations/app/resend",
+            {"event_ids": [1]},
+        ),
+        ("/v1/destinations/{name}/resend", "POST", "/v1/destinations/app/resend", {}),
+        (
+            "/v1/destinations/{name}/disable",
+            "POST",
+            "/v1/destinations/app/disable",
+            {"reason": "x"},
+        ),
+        ("/v1/destinations/{name}/enable", "POST", "/v1/destinations/app/enable", None),
+    ]:
+        answer = client.request(method, template, headers=AUTH, json=body)
+        _operation(path, method).validate_response(answer)
+    assert client.get("/v1/destinations/app", headers=AUTH).json()["state"] in (
+        "active",
+        "retrying",
+    )
     for path, template in [
         ("/v1/events", "/v1/events?limit=2"),
         ("/v1/events", "/v1/events?event_type=RTMP_STREAM_STATE_CHANGE,NOPE"),
@@ -229,7 +270,9 @@ SCHEMA.app = CURRENT
 
 @pytest.fixture
 def fuzzed_app(migrated_url: str) -> Iterator[None]:
-    config = make_settings(migrated_url, endpoint_table(), max_body_bytes=4096)
+    config = make_settings(
+        migrated_url, endpoint_table(), max_body_bytes=4096, destinations=[NOWHERE]
+    )
     with TestClient(create_app(config)) as client:
         _seed(client)  # so that answers have data in them, not only empty pages
     CURRENT.target = create_app(config)
