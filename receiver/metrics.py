@@ -81,6 +81,36 @@ class Metrics:
         self.store_up.set(1)
         self._delivered: dict[tuple[str, str], Any] = {}
         self.forward = ForwardMetrics(r)
+        self.pruned = Counter(
+            "receiver_pruned_rows",
+            "Rows the prune deleted (retention_days), by what they were: events, deliveries.",
+            ["table"],
+            registry=r,
+        )
+        self.archived = Counter(
+            "receiver_archive_files",
+            "Archive files the prune wrote (archive_dir) before deleting their rows.",
+            registry=r,
+        )
+        self.prune_runs = Counter(
+            "receiver_prune_runs",
+            "Periodic prunes by outcome: ran; busy (another replica was pruning); failed (the "
+            "store or the archive folder; nothing more was deleted, the next run tries again).",
+            ["outcome"],
+            registry=r,
+        )
+        self.oldest_event = Gauge(
+            "receiver_oldest_event_age_seconds",
+            "Age of the oldest stored event (updated every minute).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.store_bytes = Gauge(
+            "receiver_store_bytes",
+            "The store's size on disk (the SQLite file and its WAL; PostgreSQL's database).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     # Forwarding (receiver.forward) reports through these.
     def forward_attempts(self, destination: str, outcome: str, count: int) -> None:

@@ -4,7 +4,8 @@ Here: the parser, ``serve``, ``migrate``, ``crosscheck`` and ``fake-metastudio``
 ``init`` (a config, its secrets file, and what to register with MetaStudio), ``events``
 (``events`` and ``export``), ``send`` and ``replay`` (with ``signing_options``, the flags and exit
 codes both share), ``sim`` (the ``simulate``, ``diagnose`` and ``demo`` commands),
-``destinations`` (forwarding: state, attempts, resend, enable, disable) and ``demo`` (the demo's
+``destinations`` (forwarding: state, attempts, resend, enable, disable), ``prune``
+(retention now) and ``demo`` (the demo's
 stage) with ``demo_walkthrough`` (what the demo shows and checks). What commands share:
 ``command`` (``CommandError``, one line and exit 2; how the program was started),
 ``store_access`` (opening the configured store) and ``api_access`` (calling a receiver).
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver.cli import destinations as cli_destinations
 
     cli_destinations.register(commands)
+    from receiver.cli import prune as cli_prune
+
+    cli_prune.register(commands)
     return parser
 
 

@@ -253,7 +253,12 @@ def register(commands: Any) -> None:
         "--deliver-to", metavar="BASE_URL", help="where the target listens, if not at --to"
     )
     add_signing(rep, what="the target")
-    rep.add_argument("--from", dest="from_file", metavar="FILE", help="export file; - = stdin")
+    rep.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="export file, archive (.jsonl.gz) or archive folder; - = stdin",
+    )
     add_filters(rep)
     rep.add_argument("--dry-run", action="store_true", help="say what would be sent; send none")
     rep.add_argument(

@@ -20,6 +20,7 @@ from receiver.config.values import (
     number,
     optional_str,
     required_str,
+    retention,
     secret_list,
 )
 from receiver.errors import ConfigError
@@ -41,6 +42,8 @@ class EndpointSettings:
     signed_uri: SignedUri = SignedUri.HOST_PATH_QUERY
     time_unit: TimeUnit = TimeUnit.AUTO
     allow_unauthenticated: bool = False
+    # Overrides the top-level retention_days for this endpoint's deliveries and events.
+    retention_days: float | None = None
     # Built once (every callback needs it): see policy().
     _policy: VerifyPolicy | None = field(default=None, init=False, repr=False, compare=False)
     _credentials: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
@@ -82,6 +85,7 @@ _ENDPOINT_KEYS = {
     "signed_uri",
     "time_unit",
     "allow_unauthenticated",
+    "retention_days",
 }
 
 
@@ -162,4 +166,5 @@ def _endpoint(raw: object, environ: Mapping[str, str], *, prefix: str) -> Endpoi
         signed_uri=signed_uri,
         time_unit=time_unit,
         allow_unauthenticated=allow_unauthenticated,
+        retention_days=retention(raw, prefix),
     )

@@ -26,6 +26,7 @@ from receiver.config.values import (
     no_unknown_keys,
     number,
     optional_str,
+    retention,
     secret_list,
     whole_number,
 )
@@ -70,6 +71,11 @@ class Settings:
     rules: RulesSettings = field(default_factory=RulesSettings)
     # Where people reach this receiver (chat alerts link to its console under it).
     public_url: str | None = None
+    # Deliveries and events older than this are pruned (None: kept for ever), archived first
+    # to archive_dir when it is set (receiver.store.retention).
+    retention_days: float | None = None
+    archive_dir: str | None = None
+    prune_interval_seconds: float = 3600.0
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for endpoint in self.endpoints:
@@ -98,6 +104,9 @@ _TOP_KEYS = {
     "forwarder",
     "rules",
     "public_url",
+    "retention_days",
+    "archive_dir",
+    "prune_interval_seconds",
 }
 
 
@@ -157,6 +166,11 @@ def settings_from_mapping(
     return Settings(
         rules=RulesSettings() if rules_raw is None else rules_from(rules_raw),
         public_url=public_url_from(data.get("public_url")),
+        retention_days=retention(data),
+        archive_dir=_archive_dir(data, base_dir),
+        prune_interval_seconds=number(
+            data, "prune_interval_seconds", 3600.0, low=1, high=7 * 86400
+        ),
         forwarder=forwarder,
         database_url=database_url,
         api_tokens=api_tokens,
@@ -173,6 +187,19 @@ def settings_from_mapping(
         client_timeout_seconds=number(data, "client_timeout_seconds", 10.0, low=0.5, high=300),
         workers=whole_number(data, "workers", 1, low=1, high=64),
     )
+
+
+def _archive_dir(data: Mapping[str, Any], base_dir: Path | None) -> str | None:
+    """``archive_dir``, relative to the config file's folder when it is relative."""
+    value = data.get("archive_dir")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError("archive_dir: must be the path of a folder")
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return str(path)
 
 
 def _check_database_url(url: str) -> str:

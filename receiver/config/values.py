@@ -103,3 +103,10 @@ def http_url(url: str, key: str, *, what: str) -> SplitResult:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: must be {what}, not {url!r}")
     return parts
+
+
+def retention(raw: Mapping[str, Any], prefix: str = "") -> float | None:
+    """``retention_days``: how long deliveries and events are kept (None: for ever)."""
+    if "retention_days" not in raw:
+        return None
+    return number(raw, "retention_days", 0, low=1 / 24, high=36500, prefix=prefix)

@@ -44,6 +44,7 @@ BATCH = 1000
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 HEALTH = StreamHealth.__table__  # type: ignore[attr-defined]
 RTMP = "RTMP_STREAM_STATE_CHANGE"
+QUIET_SAVE_SECONDS = 5.0
 
 
 class StreamMonitor:
@@ -57,6 +58,8 @@ class StreamMonitor:
         self.owning = False
         self._lease_until = 0.0
         self._claimed_at = 0.0
+        self._saved_at = 0.0
+        self._saved_cursor = 0
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -123,7 +126,7 @@ class StreamMonitor:
         self._claimed_at = started
         if rows:
             if not self.owning:
-                self.cursor = rows[0].event_cursor
+                self.cursor = self._saved_cursor = rows[0].event_cursor
             self.owning = True
             self._lease_until = started + LEASE_SECONDS - 1.0
         else:
@@ -152,11 +155,21 @@ class StreamMonitor:
                 h.job_key for h, j in zip(healths.values(), judged, strict=True) if h != j
             }
             if not (events or opened or resolved or touched):
+                # Only the place moved (no RTMP events): saved now and then, so the prune
+                # (receiver.store.retention) may take the events it passed.
+                quiet = time.monotonic() - self._saved_at < QUIET_SAVE_SECONDS
+                if cursor == self._saved_cursor or quiet:
+                    return 0, cursor
+                moved = places.Save(event_cursor=cursor)
+                if not places.save(conn, NAME, owner=self.owner, change=moved):
+                    raise _LeaseLost
+                self._saved_at, self._saved_cursor = time.monotonic(), cursor
                 return 0, cursor
             change = places.Save(event_cursor=cursor)
             if not places.save(conn, NAME, owner=self.owner, change=change):
                 raise _LeaseLost  # nothing of this round is written
             _store(conn, [h for h in judged if h.job_key in touched])
+            self._saved_at, self._saved_cursor = time.monotonic(), cursor
             if opened:
                 upsert_findings(conn, opened, now)
             if resolved:

@@ -58,9 +58,15 @@ class Delivery(SQLModel, table=True):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        # No index on duplicate_of: nothing looks rows up by it, and each index is paid for on
-        # every insert of the hot path (migration 0004).
         sa.Index("ix_deliveries_status_id", "status", "id"),
+        # The prune finds an original's receipts by it. Partial: a stored delivery (the hot
+        # path's insert) has no duplicate_of and costs this index nothing (migration 0009).
+        sa.Index(
+            "ix_deliveries_duplicate_of",
+            "duplicate_of",
+            sqlite_where=sa.text("duplicate_of IS NOT NULL"),
+            postgresql_where=sa.text("duplicate_of IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
@@ -324,6 +330,22 @@ class StreamHealth(SQLModel, table=True):
     down_open: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     flapping_open: bool = Field(default=False, sa_column=sa.Column(sa.Boolean(), nullable=False))
     last_event_id: int = Field(sa_column=sa.Column(BigId, nullable=False))
+
+
+class Archive(SQLModel, table=True):
+    """One archive file the prune wrote (receiver.store.retention): recorded in the transaction
+    that deleted its rows, so a row is either stored or archived in exactly one file."""
+
+    __tablename__ = "archives"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    path: str = Field(sa_column=sa.Column(sa.String(500), nullable=False, unique=True))
+    endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    first_event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
+    last_event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
+    records: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
 
 
 metadata = SQLModel.metadata

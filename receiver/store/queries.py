@@ -363,19 +363,25 @@ def export_events(
         for row in rows:
             count += 1
             after = row.id
-            yield {
-                "format": EXPORT_FORMAT,
-                "event_id": row.id,
-                "delivery_id": row.delivery_id,
-                "endpoint": row.endpoint,
-                "event_type": row.event_type,
-                "room_id": row.room_id,
-                "job_id": row.job_id,
-                "received_at": iso(row.received_at),
-                "signed_at": iso(row.signed_at),
-                "message": row.message,
-                "body_b64": base64.b64encode(row.body or b"").decode(),
-                "headers": row.delivery_headers,
-            }
+            yield export_record(row)
         if count < chunk:
             return
+
+
+def export_record(row: Any) -> dict[str, Any]:
+    """One export (and archive) record: an ``events`` row with its delivery's ``body`` and
+    ``delivery_headers``."""
+    return {
+        "format": EXPORT_FORMAT,
+        "event_id": row.id,
+        "delivery_id": row.delivery_id,
+        "endpoint": row.endpoint,
+        "event_type": row.event_type,
+        "room_id": row.room_id,
+        "job_id": row.job_id,
+        "received_at": iso(row.received_at),
+        "signed_at": iso(row.signed_at),
+        "message": row.message,
+        "body_b64": base64.b64encode(row.body or b"").decode(),
+        "headers": row.delivery_headers,
+    }

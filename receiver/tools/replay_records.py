@@ -1,7 +1,8 @@
 """What replay sends: :class:`ReplayRecord`, read from an export file or the store, filtered.
 
 Records come from an export file (JSON Lines written by ``metastudio-receiver export``, format
-``metastudio-receiver/export/v1``, see :func:`receiver.store.queries.export_events`) or straight
+``metastudio-receiver/export/v1``, see :func:`receiver.store.queries.export_events`), from the
+prune's archives (the same lines gzipped; a file or the whole ``archive_dir``) or straight
 from the store, which is read through that same export so both give the same records. A file is
 filtered here with the store's own filters, and :func:`resume_point` says where a resumed run
 starts. Nothing here sends or signs anything (that is :mod:`receiver.tools.replay`).
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 EXPORT_FORMAT = "metastudio-receiver/export/v1"  # the same as receiver.store.queries.EXPORT_FORMAT
+# Archives (receiver.store.archives) also hold deliveries that had no event (undecodable bodies,
+# duplicate receipts) in this format; replay passes over them.
+DELIVERY_FORMAT = "metastudio-receiver/delivery/v1"
 
 
 class ExportError(ReceiverError):
@@ -116,20 +122,42 @@ def iter_export_lines(lines: Iterable[str], *, name: str = "export") -> Iterator
             raise ExportError(f"{where}: not JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ExportError(f"{where}: not a JSON object")
+        if data.get("format") == DELIVERY_FORMAT:
+            continue
         yield record_from_export(data, where=where)
 
 
 def read_export(path: str | Path | IO[str]) -> list[ReplayRecord]:
-    """Every record of an export file (a path, or an open text file such as stdin)."""
+    """Every record of an export file (a path, or an open text file such as stdin). A path
+    ending in ``.gz`` is read gzipped (an archive); a folder (``archive_dir``) gives the records
+    of every ``.jsonl`` and ``.jsonl.gz`` file in it, in event id order."""
     if not isinstance(path, str | Path):
         return list(iter_export_lines(path, name=getattr(path, "name", "export")))
+    folder = Path(path)
+    if folder.is_dir():
+        files = sorted(
+            p for p in folder.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))
+        )
+        if not files:
+            raise ExportError(f"{path}: no .jsonl or .jsonl.gz files in this folder")
+        records = [record for file in files for record in _read_file(file)]
+        return sorted(records, key=lambda record: record.event_id)
+    return _read_file(folder)
+
+
+def _read_file(path: Path) -> list[ReplayRecord]:
     try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as packed:
+                return list(iter_export_lines(packed, name=str(path)))
         with open(path, encoding="utf-8") as handle:
             return list(iter_export_lines(handle, name=str(path)))
     except FileNotFoundError:
         raise ExportError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise ExportError(f"{path}: not UTF-8 text") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        raise ExportError(f"{path}: not a complete gzip file") from None
     except OSError as exc:
         raise ExportError(f"{path}: cannot read it: {exc.strerror}") from None
 

@@ -1,5 +1,5 @@
 """create_app(settings): the Starlette application. Its lifespan owns the store, the writer,
-the rejection log and the read engine."""
+the rejection log, the read engine and the periodic tasks (cross-check, prune)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from receiver.store.writer import create_engine_for, open_writer
 from receiver.web import api, live
 from receiver.web.console import destinations as console_destinations
 from receiver.web.console import routes as console
+from receiver.web.pruning import prune_periodically
 from receiver.web.runtime import Runtime, build_crosschecker
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ def create_app(settings: Settings) -> ReceiverApp:
         if monitor is not None:
             await monitor.start()
             writer.on_batch = _and_wake(writer.on_batch, monitor)
+        upkeep = asyncio.create_task(prune_periodically(settings, metrics), name="prune")
         periodic = None
         if runtime.crosschecker is not None and settings.metastudio is not None:
             interval = settings.metastudio.crosscheck_interval_seconds
@@ -191,6 +193,9 @@ def create_app(settings: Settings) -> ReceiverApp:
         finally:
             runtime.closing.set()
             restore()
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
             if periodic is not None:
                 periodic.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

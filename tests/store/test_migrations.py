@@ -235,3 +235,45 @@ def test_concurrent_upgrades_in_threads_of_one_process(pg_url: str) -> None:
     if errors:
         raise errors[0]
     assert _schema(pg_url)["versions"] == [HEAD]
+
+
+def test_0009_lets_an_existing_sqlite_file_shrink(sqlite_url: str) -> None:
+    """An existing file (made before 0009) is switched to incremental auto-vacuum, its rows
+    kept; afterwards freed pages go back to the file system."""
+    upgrade(sqlite_url, "0008")
+    engine = create_engine_for(sqlite_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 0
+            for i in range(2000):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO deliveries (endpoint, status, dedup_key, received_at, "
+                        "body_sha256, body_size, headers, query, body) VALUES ('shop-a', "
+                        "'stored', :k, CURRENT_TIMESTAMP, 'x', 0, '{}', '[]', :b)"
+                    ),
+                    {"k": f"k{i}", "b": b"x" * 2000},
+                )
+    finally:
+        engine.dispose()
+    upgrade(sqlite_url)
+    path = sqlite_path(sqlite_url)
+    assert path is not None
+    engine = create_engine_for(sqlite_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
+            assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar() == 2000
+            conn.exec_driver_sql("DELETE FROM deliveries")
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        full = os.path.getsize(path)
+        from receiver.store.bounds import give_back_pages
+
+        assert give_back_pages(engine, 0) > 0
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+    finally:
+        engine.dispose()
+    assert os.path.getsize(path) < full / 4
