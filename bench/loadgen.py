@@ -64,8 +64,10 @@ def _lua_literal(piece: str) -> str:
     return "[==[" + piece + "]==]"
 
 
-def lua_script(content_type: str = "application/json") -> str:
-    """The wrk script. Its one argument (after ``--``) is the run tag, 8 hex digits."""
+def lua_script(content_type: str = "application/json", *, delay_ms: int = 0) -> str:
+    """The wrk script. Its one argument (after ``--``) is the run tag, 8 hex digits.
+    ``delay_ms``: each connection waits this long before each request, so that ``-c N`` sends
+    about N * 1000 / (delay_ms + latency) requests a second instead of all it can."""
     entries = []
     for template in body_templates():
         # The decoder must accept what the bench sends, or the run would measure 400s.
@@ -105,7 +107,7 @@ function request()
   end
   return wrk.format(nil, nil, nil, table.concat(out))
 end
-"""
+""" + (f"\nfunction delay()\n  return {int(delay_ms)}\nend\n" if delay_ms else "")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-06 09:00:00
 
-``archives`` records each archive file in the transaction that deletes its rows
-(receiver.store.retention); a partial index finds an original's duplicate receipts. On SQLite
+``archives`` holds each archive file's state: being written, its rows being deleted, complete
+(receiver.store.archives); a partial index finds an original's duplicate receipts. On SQLite
 the file is switched to ``auto_vacuum = INCREMENTAL``, which only takes effect after a VACUUM:
 it runs here, outside the migration's transaction, once (on a large existing file it takes a
 while and needs as much free disk as the file). The prune then gives freed pages back with
@@ -33,11 +33,13 @@ def upgrade() -> None:
         sa.Column("id", _ID, nullable=False),
         sa.Column("path", sa.String(length=500), nullable=False),
         sa.Column("endpoint", sa.String(length=64), nullable=False),
+        sa.Column("state", sa.String(length=12), nullable=False),
         sa.Column("first_event_id", _ID, nullable=True),
         sa.Column("last_event_id", _ID, nullable=True),
         sa.Column("records", sa.Integer(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("path"),
     )

@@ -1,12 +1,17 @@
-"""Archive files of the prune (receiver.store.retention): written, checked, recorded.
+"""Archive files of the prune (receiver.store.retention): announced, written, checked, finished.
 
-A batch of rows becomes one gzipped JSON Lines file under ``archive_dir``:
+A chunk of rows becomes one gzipped JSON Lines file under ``archive_dir``:
 ``<endpoint>/<YYYY-MM>/<endpoint>-<YYYY-MM-DD>-<kind>-<first id>-<last id>.jsonl.gz``. Event
 records are the export format (``metastudio-receiver export``, read back by ``replay --from``);
 deliveries without an event (undecodable bodies, duplicate receipts) are ``DELIVERY_FORMAT``
-records, which replay skips. A file is written to a temporary name, fsynced, renamed into place
-(the folder fsynced too), read back and compared; it counts only once ``archives`` records it,
-in the transaction that deletes its rows.
+records, which replay skips.
+
+Each file goes through the states of its ``archives`` row: ``writing`` (committed before the
+file is touched, so the prune only ever removes a file the store says it was writing, never
+one it does not know), ``deleting`` once the file is written to a temporary name, fsynced,
+renamed into place (the folder fsynced too) and read back and compared, and ``complete`` once
+its rows are all deleted. A prune that stops leaves at most one file ``writing`` (removed by
+:func:`abandon_unwritten`, its rows still stored) or ``deleting`` (finished by the next prune).
 """
 
 from __future__ import annotations
@@ -28,36 +33,57 @@ from receiver.store.models import Archive
 
 ARCHIVES = Archive.__table__  # type: ignore[attr-defined]
 DELIVERY_FORMAT = "metastudio-receiver/delivery/v1"
+WRITING, DELETING, COMPLETE = "writing", "deleting", "complete"
 
 
 @dataclass(frozen=True)
-class Written:
-    path: Path
+class Packed:
+    """A chunk's records as the file will hold them (uncompressed), and where it goes."""
+
     relative: str
+    text: bytes
     records: int
     sha256: str
-    first_id: int | None
-    last_id: int | None
 
 
-def write_archive(
-    folder: Path, endpoint: str, kind: str, records: list[dict[str, Any]], day: datetime
-) -> Written:
-    """The records as one gzipped JSON Lines file, fsynced, renamed into place, read back."""
+def pack(endpoint: str, kind: str, records: list[dict[str, Any]], day: datetime) -> Packed:
     ids = [r.get("event_id") or r.get("delivery_id") or 0 for r in records]
-    first, last = min(ids), max(ids)
-    name = f"{endpoint}-{day:%Y-%m-%d}-{kind}-{first}-{last}.jsonl.gz"
-    relative = f"{endpoint}/{day:%Y-%m}/{name}"
-    path = folder / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+    name = f"{endpoint}-{day:%Y-%m-%d}-{kind}-{min(ids)}-{max(ids)}.jsonl.gz"
     text = b"".join(
         json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records
     )
-    digest = hashlib.sha256(text).hexdigest()
+    return Packed(
+        f"{endpoint}/{day:%Y-%m}/{name}", text, len(records), hashlib.sha256(text).hexdigest()
+    )
+
+
+def announce(conn: Connection, packed: Packed, endpoint: str, event_ids: Sequence[int]) -> int:
+    """The file's row in ``archives``, ``writing``, before the file exists; its id."""
+    inserted = conn.execute(
+        sa.insert(ARCHIVES).values(
+            path=packed.relative,
+            endpoint=endpoint[:64],
+            state=WRITING,
+            first_event_id=min(event_ids) if event_ids else None,
+            last_event_id=max(event_ids) if event_ids else None,
+            records=packed.records,
+            sha256=packed.sha256,
+            created_at=datetime.now(UTC),
+        )
+    )
+    key = inserted.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def write_file(folder: Path, packed: Packed) -> None:
+    """Gzipped to a temporary name, fsynced, renamed into place, read back and compared."""
+    path = folder / packed.relative
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
-            packed.write(text)
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed:
+            compressed.write(packed.text)
         raw.flush()
         os.fsync(raw.fileno())
     os.replace(temporary, path)
@@ -68,42 +94,35 @@ def write_archive(
         os.close(directory)
     with gzip.open(path, "rb") as back:
         again = back.read()
-    if hashlib.sha256(again).hexdigest() != digest or again.count(b"\n") != len(records):
+    if hashlib.sha256(again).hexdigest() != packed.sha256 or again.count(b"\n") != packed.records:
         path.unlink(missing_ok=True)
-        raise OSError(f"the archive {relative} did not read back as written")
-    return Written(path, relative, len(records), digest, first, last)
+        raise OSError(f"the archive {packed.relative} did not read back as written")
 
 
-def record_archive(
-    conn: Connection, archive: Written, endpoint: str, event_ids: Sequence[int]
-) -> None:
-    conn.execute(
-        sa.insert(ARCHIVES).values(
-            path=archive.relative,
-            endpoint=endpoint[:64],
-            first_event_id=min(event_ids) if event_ids else None,
-            last_event_id=max(event_ids) if event_ids else None,
-            records=archive.records,
-            sha256=archive.sha256,
-            created_at=datetime.now(UTC),
-        )
-    )
+def set_state(engine: Engine, archive_id: int, state: str) -> None:
+    values: dict[str, Any] = {"state": state}
+    if state == COMPLETE:
+        values["completed_at"] = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(sa.update(ARCHIVES).where(ARCHIVES.c.id == archive_id).values(**values))
 
 
-def remove_orphans(engine: Engine, folder: Path) -> int:
-    """Files a killed prune wrote but never recorded (their rows are still stored)."""
-    if not folder.exists():
-        return 0
+def abandon_unwritten(engine: Engine, folder: Path | None) -> int:
+    """Files a stopped prune was writing (their rows are all still stored): the file and its
+    temporary gone, the row too. How many."""
     with engine.connect() as conn:
-        recorded = set(conn.execute(sa.select(ARCHIVES.c.path)).scalars())
-    removed = 0
-    for path in folder.rglob("*"):
-        if not path.is_file():
-            continue
-        relative = path.relative_to(folder).as_posix()
-        if path.name.endswith(".tmp") or (
-            relative.endswith(".jsonl.gz") and relative not in recorded
-        ):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+        rows = conn.execute(
+            sa.select(ARCHIVES.c.id, ARCHIVES.c.path).where(ARCHIVES.c.state == WRITING)
+        ).all()
+    for row in rows:
+        if folder is None:
+            raise OSError(
+                f"the archive {row.path} was being written when a prune stopped, and "
+                "archive_dir is no longer set: set it again so that the prune can remove it"
+            )
+        path = folder / row.path
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        with engine.begin() as conn:
+            conn.execute(sa.delete(ARCHIVES).where(ARCHIVES.c.id == row.id))
+    return len(rows)

@@ -98,7 +98,7 @@ def count_prunable(
 def prune_findings_and_snapshots(engine: Engine, cutoff: datetime, report: PruneReport) -> None:
     """Resolved findings (not muted ones) and their changes, job snapshots that a newer one
     replaced, and rejections, all older than ``cutoff``; the change log only below the findings'
-    forwarding places. (Rejections are also held to ``rejections_max_rows`` as written.)"""
+    forwarding places. (Rejections are also held to the newest 10,000 as written.)"""
     with engine.begin() as conn:
         report.rejections = conn.execute(
             sa.delete(REJECTIONS).where(REJECTIONS.c.received_at < cutoff)

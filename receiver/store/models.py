@@ -333,19 +333,23 @@ class StreamHealth(SQLModel, table=True):
 
 
 class Archive(SQLModel, table=True):
-    """One archive file the prune wrote (receiver.store.retention): recorded in the transaction
-    that deleted its rows, so a row is either stored or archived in exactly one file."""
+    """One archive file of the prune (receiver.store.archives): ``state`` writing (announced
+    before the file is written), deleting (written and checked; its rows being deleted) or
+    complete (``completed_at``). A prune that stops is finished by the next one, so a row is
+    archived in exactly one file."""
 
     __tablename__ = "archives"
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     path: str = Field(sa_column=sa.Column(sa.String(500), nullable=False, unique=True))
     endpoint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    state: str = Field(sa_column=sa.Column(sa.String(12), nullable=False))
     first_event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
     last_event_id: int | None = Field(default=None, sa_column=sa.Column(BigId))
     records: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    completed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 metadata = SQLModel.metadata

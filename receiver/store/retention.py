@@ -9,41 +9,37 @@ What is never deleted:
 - anything received inside its endpoint's signature tolerance: duplicates are decided against
   what is stored, so a retry inside the window must still find its original.
 
-**Archives, exactly once.** A batch of rows is written as compressed JSON Lines in the export
-format (``metastudio-receiver export``; ``replay --from`` reads the file as it is) to a temporary
-file, fsynced, renamed into place, read back and checked (records, ids, checksum). Then one
-transaction records the file in ``archives`` and deletes the rows, and checks that it deleted
-exactly those. A prune killed before that commit leaves a file nobody recorded: the next prune
-removes it first and archives its rows again. So every row is either still stored or in exactly
-one recorded archive, whenever the prune stops.
+**Archives, exactly once.** A chunk of rows is written as compressed JSON Lines in the export
+format (``metastudio-receiver export``; ``replay --from`` reads the file as it is); its row in
+``archives`` is committed before the file is written, the file is checked before any of its
+rows is deleted, and the deletes come in short transactions (receiver.store.archives and
+prune_rows). A prune killed while it writes a file leaves a file the next prune removes (its
+rows are all still stored, and archived again). Killed while it deletes, it leaves a file
+whose rows are partly stored: the next prune deletes the rest first and archives none of them
+again. So every row is in exactly one archive or still stored (and in none), whenever the
+prune stops. Files the store does not know are never touched.
 
 One prune at a time: a PostgreSQL advisory lock (replicas share the database), a lock file
-beside a SQLite database. Between batches it pauses, so the intake's writer is never held up
-for long; on SQLite it gives the freed pages back afterwards (``incremental_vacuum``).
+beside a SQLite database. Between two delete transactions it pauses, so the intake's writer is
+never held up for long; on SQLite it gives the freed pages back afterwards (``incremental_vacuum``).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from receiver.config import Settings
-from receiver.store.archives import (
-    DELIVERY_FORMAT,
-    record_archive,
-    remove_orphans,
-    write_archive,
-)
+from receiver.store.archives import abandon_unwritten
 from receiver.store.bounds import (
     Held,
     count_prunable,
@@ -52,19 +48,24 @@ from receiver.store.bounds import (
     prune_findings_and_snapshots,
 )
 from receiver.store.driver import sqlite_path
-from receiver.store.models import Delivery, Event
-from receiver.store.queries import export_record
+from receiver.store.models import Delivery
+from receiver.store.prune_rows import (
+    CHUNK,
+    OnBatch,
+    archive_then_delete,
+    delivery_chunk,
+    event_chunk,
+    finish_interrupted,
+)
 from receiver.store.views import iso
 
-EVENTS = Event.__table__  # type: ignore[attr-defined]
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 
 # Any fixed 64-bit number, apart from the store's other locks.
 PRUNE_LOCK = 0x6D73_7276_7072_756E
 # The stream rules' place in the event log (receiver.rules.monitor keeps it under this name).
 RULES_PLACE = "_rules"
-BATCH = 500
-PAUSE_SECONDS = 0.05
+PAUSE_SECONDS = 0.02  # between two delete transactions
 
 
 class PruneBusy(Exception):
@@ -127,7 +128,8 @@ class PruneReport:
     snapshots: int = 0
     rejections: int = 0
     archived_files: int = 0
-    removed_orphans: int = 0
+    removed_unwritten: int = 0  # files a prune that stopped was writing
+    finished_archives: int = 0  # left half done by a prune that stopped
     kept_for_forwarding: int | None = None  # events past it: a destination has not taken them
     kept_for_stream_rules: int | None = None  # RTMP events past it: the rules have not read them
     seconds: float = 0.0
@@ -146,9 +148,9 @@ def prune(
     now: datetime | None = None,
     before: datetime | None = None,
     dry_run: bool = False,
-    batch: int = BATCH,
+    chunk: int = CHUNK,
     pause: float = PAUSE_SECONDS,
-    on_batch: Callable[[int, int, bool], None] | None = None,
+    on_batch: OnBatch | None = None,
 ) -> PruneReport:
     """Prune once (see the module's docstring). ``before`` overrides the retention (every
     endpoint, tolerance still kept); ``dry_run`` counts what would go and changes nothing.
@@ -156,9 +158,21 @@ def prune(
     now = now or datetime.now(UTC)
     report = PruneReport(started_at=now, dry_run=dry_run)
     clock = time.monotonic()
+
+    def counted(events: int, deliveries: int, archived: bool) -> None:
+        report.events += events
+        report.deliveries += deliveries
+        report.archived_files += archived
+        if on_batch is not None:
+            on_batch(events, deliveries, archived)
+
     with _one_at_a_time(engine):
-        if policy.archive_dir and not dry_run:
-            report.removed_orphans = remove_orphans(engine, Path(policy.archive_dir))
+        if not dry_run:
+            folder = Path(policy.archive_dir) if policy.archive_dir else None
+            report.removed_unwritten = abandon_unwritten(engine, folder)
+            report.finished_archives = finish_interrupted(
+                engine, policy.archive_dir, pause=pause, on_batch=counted
+            )
         with engine.connect() as conn:
             held = held_back(
                 conn,
@@ -176,14 +190,45 @@ def prune(
             if dry_run:
                 count_prunable(engine, endpoint, cutoff, held, report)
                 continue
-            _prune_events(engine, policy, endpoint, cutoff, held, report, batch, pause, on_batch)
-            _prune_deliveries(engine, policy, endpoint, cutoff, report, batch, pause, on_batch)
+            _take(engine, policy, endpoint, cutoff, held, chunk, pause, counted)
         if not dry_run and (before is not None or policy.days is not None):
             general = before or now - timedelta(days=policy.days or 0)
             prune_findings_and_snapshots(engine, general, report)
             report.freed_pages = give_back_pages(engine, pause)
     report.seconds = round(time.monotonic() - clock, 3)
     return report
+
+
+def _take(
+    engine: Engine,
+    policy: RetentionPolicy,
+    endpoint: str,
+    cutoff: datetime,
+    held: Held,
+    limit: int,
+    pause: float,
+    counted: OnBatch,
+) -> None:
+    """One endpoint's events (with their deliveries and receipts), then its deliveries that
+    have no event, chunk by chunk (receiver.store.prune_rows)."""
+    for kind in ("events", "deliveries"):
+        while True:
+            with engine.connect() as conn:
+                if kind == "events":
+                    found = event_chunk(conn, endpoint, cutoff, held, limit)
+                else:
+                    found = delivery_chunk(conn, endpoint, cutoff, limit)
+            if found is None:
+                break
+            archive_then_delete(
+                engine,
+                found,
+                endpoint=endpoint,
+                kind=kind,
+                archive_dir=policy.archive_dir,
+                pause=pause,
+                on_batch=counted,
+            )
 
 
 @contextlib.contextmanager
@@ -206,188 +251,3 @@ def _one_at_a_time(engine: Engine) -> Iterator[None]:
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
             conn.commit()
-
-
-def _event_batch(conn: Connection, endpoint: str, cutoff: datetime, held: Held, limit: int) -> Any:
-    conditions = [EVENTS.c.endpoint == endpoint, EVENTS.c.received_at < cutoff, *held.conditions()]
-    # A duplicate receipt still inside the window keeps its original (and so its event).
-    receipt = DELIVERIES.alias("receipt")
-    conditions.append(
-        sa.not_(
-            sa.exists().where(
-                receipt.c.duplicate_of == EVENTS.c.delivery_id, receipt.c.received_at >= cutoff
-            )
-        )
-    )
-    query = (
-        sa.select(*EVENTS.c, DELIVERIES.c.body, DELIVERIES.c.headers.label("delivery_headers"))
-        .select_from(EVENTS.join(DELIVERIES, DELIVERIES.c.id == EVENTS.c.delivery_id))
-        .where(*conditions)
-        .order_by(EVENTS.c.id)
-        .limit(limit)
-    )
-    return conn.execute(query).all()
-
-
-def _prune_events(
-    engine: Engine,
-    policy: RetentionPolicy,
-    endpoint: str,
-    cutoff: datetime,
-    held: Held,
-    report: PruneReport,
-    batch: int,
-    pause: float,
-    on_batch: Callable[[int, int, bool], None] | None,
-) -> None:
-    """Events with their deliveries and the duplicate receipts of those (archived as delivery
-    records beside them: replay skips them)."""
-    while True:
-        with engine.connect() as conn:
-            rows = _event_batch(conn, endpoint, cutoff, held, batch)
-            delivery_ids = [row.delivery_id for row in rows]
-            receipts = _receipts_of(conn, delivery_ids) if rows else []
-        if not rows:
-            return
-        event_ids = [row.id for row in rows]
-        receipt_ids = [row.id for row in receipts]
-
-        def delete(
-            conn: Connection,
-            event_ids: list[int] = event_ids,
-            receipt_ids: list[int] = receipt_ids,
-            delivery_ids: list[int] = delivery_ids,
-        ) -> bool:
-            gone = _delete(conn, EVENTS, event_ids)
-            _delete(conn, DELIVERIES, receipt_ids)
-            return gone == len(event_ids) and _delete(conn, DELIVERIES, delivery_ids) == len(
-                delivery_ids
-            )
-
-        records = [export_record(row) for row in rows] + [_delivery_record(r) for r in receipts]
-        if not _archive_and_delete(engine, policy, endpoint, "events", records, rows[0], delete):
-            continue  # raced with another writer: read again
-        report.events += len(event_ids)
-        report.deliveries += len(delivery_ids) + len(receipt_ids)
-        report.archived_files += policy.archive_dir is not None
-        if on_batch is not None:
-            on_batch(len(event_ids), len(delivery_ids) + len(receipt_ids), bool(policy.archive_dir))
-        time.sleep(pause)
-
-
-def _prune_deliveries(
-    engine: Engine,
-    policy: RetentionPolicy,
-    endpoint: str,
-    cutoff: datetime,
-    report: PruneReport,
-    batch: int,
-    pause: float,
-    on_batch: Callable[[int, int, bool], None] | None,
-) -> None:
-    """Deliveries with no event: undecodable ones (unless a newer receipt still names them),
-    and duplicate receipts whose original stays; archived as delivery records."""
-    newer = DELIVERIES.alias("newer")
-    named_by_newer = sa.exists().where(
-        newer.c.duplicate_of == DELIVERIES.c.id, newer.c.received_at >= cutoff
-    )
-    without_event = sa.not_(sa.exists().where(EVENTS.c.delivery_id == DELIVERIES.c.id))
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(DELIVERIES)
-                .where(
-                    DELIVERIES.c.endpoint == endpoint,
-                    DELIVERIES.c.received_at < cutoff,
-                    DELIVERIES.c.status != "stored",
-                    without_event,
-                    sa.not_(named_by_newer),
-                )
-                .order_by(DELIVERIES.c.id.desc())  # receipts before their originals
-                .limit(batch)
-            ).all()
-        if not rows:
-            return
-        ids = [row.id for row in rows]
-
-        def delete(conn: Connection, ids: list[int] = ids) -> bool:
-            return _delete(conn, DELIVERIES, ids) == len(ids)
-
-        records = [_delivery_record(row) for row in rows]
-        if not _archive_and_delete(
-            engine, policy, endpoint, "deliveries", records, rows[-1], delete
-        ):
-            continue
-        report.deliveries += len(ids)
-        report.archived_files += policy.archive_dir is not None
-        if on_batch is not None:
-            on_batch(0, len(ids), bool(policy.archive_dir))
-        time.sleep(pause)
-
-
-def _archive_and_delete(
-    engine: Engine,
-    policy: RetentionPolicy,
-    endpoint: str,
-    kind: str,
-    records: list[dict[str, Any]],
-    first: Any,
-    delete: Callable[[Connection], bool],
-) -> bool:
-    """Archive ``records`` (when archiving) and, in one transaction, record the file and run
-    ``delete``; False (nothing deleted, the file removed) when ``delete`` says it raced."""
-    archive = None
-    if policy.archive_dir:
-        archive = write_archive(
-            Path(policy.archive_dir), endpoint, kind, records, first.received_at
-        )
-    try:
-        with engine.begin() as conn:
-            if archive is not None:
-                ids = [r["event_id"] for r in records if r.get("event_id") is not None]
-                record_archive(conn, archive, endpoint, ids)
-            if not delete(conn):
-                raise _Raced()
-    except (_Raced, sa.exc.IntegrityError):
-        if archive is not None:
-            archive.path.unlink(missing_ok=True)
-        return False
-    return True
-
-
-class _Raced(Exception):
-    pass
-
-
-def _delete(conn: Connection, table: sa.Table, ids: Sequence[int]) -> int:
-    if not ids:
-        return 0
-    return int(conn.execute(sa.delete(table).where(table.c.id.in_(list(ids)))).rowcount)
-
-
-def _receipts_of(conn: Connection, delivery_ids: Sequence[int]) -> list[Any]:
-    return list(
-        conn.execute(
-            sa.select(DELIVERIES)
-            .where(DELIVERIES.c.duplicate_of.in_(list(delivery_ids)))
-            .order_by(DELIVERIES.c.id)
-        )
-    )
-
-
-def _delivery_record(row: Any) -> dict[str, Any]:
-    return {
-        "format": DELIVERY_FORMAT,
-        "delivery_id": row.id,
-        "endpoint": row.endpoint,
-        "status": row.status,
-        "duplicate_of": row.duplicate_of,
-        "received_at": iso(row.received_at),
-        "signed_at": iso(row.signed_at),
-        "error": row.error,
-        "body_b64": base64.b64encode(row.body or b"").decode() if row.body is not None else None,
-        "body_sha256": row.body_sha256,
-        "headers": row.headers,
-        "query": row.query,
-        "remote_addr": row.remote_addr,
-    }

@@ -1,31 +1,36 @@
 """The periodic prune (receiver.store.retention) and the store's figures on ``/metrics``.
 
 Every minute the oldest event's age and the store's size are measured; every
-``prune_interval_seconds`` (when ``retention_days`` is set) the prune runs, in a thread on an
-engine of its own: the event loop, and so the intake, never waits for it. Replicas each run the
-loop; the prune's own lock lets one of them prune at a time (the others count ``busy``). A
-failure (the store down, the archive folder full) is logged, counted as ``failed`` and tried
+``prune_interval_seconds`` (when ``retention_days`` is set) the prune runs, in a process of its
+own (receiver.store.prune_child): the intake neither waits for it nor shares the interpreter
+lock with it. Replicas each run the loop; the prune's own lock lets one of them prune at a time
+(the others count ``busy``). A failure (the store down, the archive folder full) is logged,
+counted as ``failed`` and tried
 again at the next interval; nothing is deleted that was not archived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import sys
 import time
 from datetime import UTC, datetime
-
-from sqlalchemy.engine import Engine
+from typing import Any
 
 from receiver.config import Settings
 from receiver.metrics import Metrics
 from receiver.store import retention
 from receiver.store.bounds import store_figures
+from receiver.store.prune_child import policy_json
 from receiver.store.writer import create_engine_for
 
 log = logging.getLogger("receiver.prune")
 FIGURES_SECONDS = 60.0
 FIRST_PRUNE_SECONDS = 30.0
+CHILD_MODULE = "receiver.store.prune_child"
 
 
 async def prune_periodically(
@@ -43,7 +48,13 @@ async def prune_periodically(
         while True:
             if pruning and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + settings.prune_interval_seconds
-                await _prune_once(engine, policy, metrics, settings.prune_interval_seconds)
+                try:
+                    await _prune_once(
+                        settings.database_url, policy, metrics, settings.prune_interval_seconds
+                    )
+                except (OSError, ValueError) as exc:  # could not start it, or garbled output
+                    metrics.prune_runs.labels("failed").inc()
+                    log.error("the prune could not run: %s: %s", type(exc).__name__, exc)
             try:
                 age, size = await asyncio.to_thread(store_figures, engine, now=datetime.now(UTC))
             except Exception as exc:
@@ -61,35 +72,56 @@ async def prune_periodically(
 
 
 async def _prune_once(
-    engine: Engine, policy: retention.RetentionPolicy, metrics: Metrics, interval: float
+    database_url: str, policy: retention.RetentionPolicy, metrics: Metrics, interval: float
 ) -> None:
-    def on_batch(events: int, deliveries: int, archived: bool) -> None:
-        metrics.pruned.labels("events").inc(events)
-        metrics.pruned.labels("deliveries").inc(deliveries)
-        metrics.archived.inc(archived)
-
+    """One prune, in a child process (receiver.store.prune_child), its batches counted as
+    they come. Cancelled (the server stops): the child is killed, which loses nothing."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        CHILD_MODULE,
+        str(os.getpid()),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
-        report = await asyncio.to_thread(
-            retention.prune, engine, policy, now=datetime.now(UTC), on_batch=on_batch
-        )
-    except retention.PruneBusy:
+        assert child.stdin is not None and child.stdout is not None
+        order = {"database_url": database_url, "policy": policy_json(policy)}
+        child.stdin.write(json.dumps(order).encode() + b"\n")
+        await child.stdin.drain()
+        child.stdin.close()
+        outcome: dict[str, Any] = {"failed": "the prune process ended without a report"}
+        async for line in child.stdout:
+            message = json.loads(line)
+            if "batch" in message:
+                events, deliveries, archived = message["batch"]
+                metrics.pruned.labels("events").inc(events)
+                metrics.pruned.labels("deliveries").inc(deliveries)
+                metrics.archived.inc(archived)
+            else:
+                outcome = message
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    if "busy" in outcome:
         metrics.prune_runs.labels("busy").inc()
-        log.debug("prune skipped: another replica is pruning")
-        return
-    except Exception as exc:
+        log.debug("prune skipped: %s", outcome["busy"])
+    elif "report" in outcome:
+        report = outcome["report"]
+        metrics.prune_runs.labels("ran").inc()
+        log.info(
+            "pruned %d events and %d deliveries (%d archive files) in %.1f s",
+            report["events"],
+            report["deliveries"],
+            report["archived_files"],
+            report["seconds"],
+        )
+    else:
         metrics.prune_runs.labels("failed").inc()
         log.error(
-            "the prune failed (%s: %s); nothing more was deleted, trying again in %g s",
-            type(exc).__name__,
-            str(exc)[:200],
+            "the prune failed (%s); nothing more was deleted, trying again in %g s",
+            outcome.get("failed"),
             interval,
         )
-        return
-    metrics.prune_runs.labels("ran").inc()
-    log.info(
-        "pruned %d events and %d deliveries (%d archive files) in %.1f s",
-        report.events,
-        report.deliveries,
-        report.archived_files,
-        report.seconds,
-    )

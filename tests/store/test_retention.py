@@ -20,7 +20,7 @@ from forwarding_world import callback, wait_until
 from starlette.testclient import TestClient
 
 from receiver.protocol.signing import AuthType
-from receiver.store import retention
+from receiver.store import prune_rows, retention
 from receiver.store.migrate import upgrade
 from receiver.store.models import (
     Archive,
@@ -112,7 +112,7 @@ def test_prune_deletes_what_is_older_and_keeps_what_is_newer(
     assert (counted.events, counted.deliveries) == (3, 3)
     assert _stored(engine) == (set(ids), set(ids)), "a dry run changes nothing"
 
-    report = retention.prune(engine, POLICY, now=NOW, pause=0, batch=2)
+    report = retention.prune(engine, POLICY, now=NOW, pause=0, chunk=2)
     assert (report.events, report.deliveries) == (3, 3)
     assert _stored(engine) == (set(ids[3:]), set(ids[3:]))
     again = retention.prune(engine, POLICY, now=NOW, pause=0)
@@ -340,7 +340,7 @@ def test_archives_hold_each_row_once_and_replay_byte_exact_into_a_fresh_receiver
     archive = tmp_path / "archive"
     policy = retention.RetentionPolicy(days=30, archive_dir=str(archive))
 
-    report = retention.prune(engine, policy, now=NOW, pause=0, batch=4)
+    report = retention.prune(engine, policy, now=NOW, pause=0, chunk=4)
     assert report.events == len(sent) and report.deliveries == len(sent) + 2
     assert _stored(engine) == (set(), set())
     files = sorted(archive.rglob("*.jsonl.gz"))
@@ -374,34 +374,79 @@ def test_archives_hold_each_row_once_and_replay_byte_exact_into_a_fresh_receiver
     assert one and all(r.body in {c.body for c in sent} for r in one)
 
 
-def test_a_prune_that_stops_between_writing_and_recording_an_archive_loses_nothing(
+def test_a_prune_that_stops_while_it_writes_an_archive_loses_nothing(
     engine: sa.Engine, client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = _store(client, 9)
     _age(engine, ids, days=40)
     archive = tmp_path / "archive"
+    archive.mkdir()
+    theirs = archive / "shop-a" / "2026-10" / "kept-by-hand.jsonl.gz"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(gzip.compress(b"{}\n"))
     policy = retention.RetentionPolicy(days=30, archive_dir=str(archive))
-    real = retention.record_archive
+    real = prune_rows.write_file
     calls = {"n": 0}
 
-    def dies_on_the_second(*args: Any, **kwargs: Any) -> None:
+    def dies_on_the_second(folder: Path, packed: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
-            raise KeyboardInterrupt  # as a kill would: the file is written, not yet recorded
-        real(*args, **kwargs)
+            # As a kill would: announced, half written under its temporary name.
+            (folder / packed.relative).with_name(Path(packed.relative).name + ".tmp").write_bytes(
+                b"\x1f\x8b half"
+            )
+            raise KeyboardInterrupt
+        real(folder, packed)
 
-    monkeypatch.setattr(retention, "record_archive", dies_on_the_second)
+    monkeypatch.setattr(prune_rows, "write_file", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
-        retention.prune(engine, policy, now=NOW, pause=0, batch=3)
-    assert len(list(archive.rglob("*.jsonl.gz"))) == 2, "one recorded, one orphan"
+        retention.prune(engine, policy, now=NOW, pause=0, chunk=3)
+    assert len(list(archive.rglob("*.jsonl.gz"))) == 2, "one archive, and the file kept by hand"
     assert _stored(engine)[1] == set(ids[3:])
-    monkeypatch.setattr(retention, "record_archive", real)
+    monkeypatch.setattr(prune_rows, "write_file", real)
 
-    report = retention.prune(engine, policy, now=NOW, pause=0, batch=3)
-    assert report.removed_orphans == 1 and report.events == 6
+    report = retention.prune(engine, policy, now=NOW, pause=0, chunk=3)
+    assert report.removed_unwritten == 1 and report.events == 6
+    assert not list(archive.rglob("*.tmp"))
+    assert theirs.exists(), "a file the store does not know is never touched"
+    theirs.unlink()
     lines = _archived_lines(archive)
     assert sorted(line["delivery_id"] for line in lines) == sorted(ids), "each exactly once"
     assert _stored(engine) == (set(), set())
+    states = {row.state for row in _rows(engine, ARCHIVES)}
+    assert states == {"complete"}
+
+
+def test_a_prune_that_stops_while_it_deletes_is_finished_by_the_next_one(
+    engine: sa.Engine, client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _store(client, 8)
+    _age(engine, ids, days=40)
+    archive = tmp_path / "archive"
+    policy = retention.RetentionPolicy(days=30, archive_dir=str(archive))
+    monkeypatch.setattr(prune_rows, "DELETE_BATCH", 1)
+    deleted = {"events": 0}
+
+    def stops_half_way(events: int, deliveries: int, archived: bool) -> None:
+        deleted["events"] += events
+        if deleted["events"] == 3:
+            raise KeyboardInterrupt  # as a kill would, between two delete transactions
+
+    with pytest.raises(KeyboardInterrupt):
+        retention.prune(engine, policy, now=NOW, pause=0, chunk=5, on_batch=stops_half_way)
+    assert len(_stored(engine)[1]) == 5, "three of the first file's five events deleted"
+    with engine.connect() as conn:
+        pending = conn.execute(sa.select(ARCHIVES).where(ARCHIVES.c.state == "deleting"))
+        assert len(pending.all()) == 1
+
+    report = retention.prune(engine, policy, now=NOW, pause=0, chunk=5)
+    assert report.finished_archives == 1 and report.events == 5
+    lines = _archived_lines(archive)
+    assert sorted(line["delivery_id"] for line in lines) == sorted(ids), "each exactly once"
+    assert _stored(engine) == (set(), set())
+    with engine.connect() as conn:
+        done = conn.execute(sa.select(ARCHIVES.c.completed_at)).scalars().all()
+    assert len(done) == 2 and all(done)
 
 
 def test_one_prune_at_a_time(engine: sa.Engine) -> None:
