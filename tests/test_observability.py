@@ -4,8 +4,10 @@ shows a key, a signature, a URL credential, an API token or a stream key."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -325,3 +327,26 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(
     traced = [e for e in entries if e["request_id"] == "trace-me-1"]
     assert any("refused callback" in e["message"] for e in traced)
     assert all(e["request_id"] == "-" for e in entries if "Started server" in e["message"])
+
+
+# -- what a stop leaves behind -------------------------------------------------------------------
+
+
+def test_a_stop_leaves_no_database_connection_open(migrated_url: str) -> None:
+    """Stopping right after a start cancels background work (the store figures, the stream
+    rules) whose threads may still hold a connection: the engines are disposed only once those
+    are returned, so no connection is left for the garbage collector to find open."""
+    left: list[str] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: left.append(repr(unraisable.exc_value))
+    try:
+        for _ in range(8):
+            settings = make_settings(
+                migrated_url, endpoint_table(), rules={"stream_down_seconds": 30}
+            )
+            with TestClient(create_app(settings)) as client:
+                assert client.get("/healthz").status_code == 200
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert left == []

@@ -31,6 +31,7 @@ from receiver.forward.delivery import DestinationLoop
 from receiver.forward.kinds import open_transport
 from receiver.forward.messages import Message
 from receiver.forward.transport import Outcome, Transport
+from receiver.store.writer import dispose_when_idle
 
 log = logging.getLogger("receiver.forward")
 
@@ -151,7 +152,7 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._release, names)
         if self.owns_engine:
-            self.engine.dispose()
+            await dispose_when_idle(self.engine)
 
     def _release(self, names: list[str]) -> None:
         with self.engine.begin() as conn:

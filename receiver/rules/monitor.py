@@ -35,6 +35,7 @@ from receiver.forward.forwarder import LEASE_SECONDS, RENEW_SECONDS, replica_id
 from receiver.protocol.ids import id_key
 from receiver.rules.stream import DOWN, Health, RtmpEvent, apply, judge
 from receiver.store.models import Event, StreamHealth
+from receiver.store.writer import dispose_when_idle
 
 log = logging.getLogger("receiver.rules")
 
@@ -78,7 +79,7 @@ class StreamMonitor:
         if self.owning:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._release)
-        self.engine.dispose()
+        await dispose_when_idle(self.engine)
 
     def _release(self) -> None:
         with self.engine.begin() as conn:

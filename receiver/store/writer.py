@@ -10,9 +10,11 @@ The rows themselves are built by ``receiver.store.rows`` and written by ``receiv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
+import time
 from typing import Any
 
 import orjson
@@ -63,6 +65,18 @@ def create_engine_for(url: str, *, pool_size: int = 5, create: bool = True) -> E
         json_serializer=_json_text,
         json_deserializer=orjson.loads,
     )
+
+
+async def dispose_when_idle(engine: Engine, *, timeout: float = 10.0) -> None:
+    """Dispose of ``engine`` once no connection is checked out of its pool (for at most
+    ``timeout`` seconds). A task cancelled while its thread still reads (``asyncio.to_thread``
+    goes on after the cancel) returns its connection later; disposing before that would leave
+    the connection to a pool nobody closes, open until the garbage collector finds it."""
+    checkedout = getattr(engine.pool, "checkedout", None)
+    deadline = time.monotonic() + timeout
+    while checkedout is not None and checkedout() > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    engine.dispose()
 
 
 def _json_text(value: Any) -> str:

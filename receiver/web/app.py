@@ -23,7 +23,7 @@ from receiver.intake.endpoint import ReceiverApp, callback_endpoint
 from receiver.metrics import Metrics
 from receiver.observability import RequestIdMiddleware, redact
 from receiver.store.rejections import RejectionLog
-from receiver.store.writer import create_engine_for, open_writer
+from receiver.store.writer import create_engine_for, dispose_when_idle, open_writer
 from receiver.web import api, live
 from receiver.web.console import destinations as console_destinations
 from receiver.web.console import routes as console
@@ -208,7 +208,7 @@ def create_app(settings: Settings) -> ReceiverApp:
             await writer.stop()
             if source is not None:
                 source.close()
-            reader.dispose()
+            await dispose_when_idle(reader)
 
     app = ReceiverApp(
         # POST /callbacks/{name} is answered by ReceiverApp before routing; the route stays for

@@ -25,7 +25,7 @@ from receiver.metrics import Metrics
 from receiver.store import retention
 from receiver.store.bounds import store_figures
 from receiver.store.prune_child import policy_json
-from receiver.store.writer import create_engine_for
+from receiver.store.writer import create_engine_for, dispose_when_idle
 
 log = logging.getLogger("receiver.prune")
 FIGURES_SECONDS = 60.0
@@ -68,7 +68,7 @@ async def prune_periodically(
                 wait = min(wait, max(next_prune - time.monotonic(), 0.0))
             await asyncio.sleep(wait)
     finally:
-        engine.dispose()
+        await dispose_when_idle(engine)
 
 
 async def _prune_once(
