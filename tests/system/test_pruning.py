@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
-from conftest import endpoint_table, run_cli, write_config
+from conftest import REPORT, endpoint_table, run_cli, write_config
 from forwarding_world import callback
 
 from receiver.store.driver import sqlite_path
@@ -125,8 +125,17 @@ def test_a_prune_killed_again_and_again_loses_nothing_and_archives_each_row_once
     assert len(archived) == before_half and old_left == 0
     assert recorded == len(list(archive.rglob("*.jsonl.gz"))), "an archive nobody recorded"
     assert not list(archive.rglob("*.tmp"))
+    kind = "SQLite" if db_url.startswith("sqlite") else "PostgreSQL"
+    figures = (
+        f"prune killed -9 {kills} times, then run to the end ({kind}): {len(archived):,} of "
+        f"{SEEDED:,} events archived once each in {recorded} files, {len(stored):,} stored, "
+        "0 lost, 0 in two places"
+    )
     if db_url.startswith("sqlite"):
-        assert _db_file_bytes(db_url) < size_before * 0.7, "the SQLite file did not shrink"
+        size_after = _db_file_bytes(db_url)
+        figures += f"; file {size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB"
+        assert size_after < size_before * 0.7, "the SQLite file did not shrink"
+    REPORT.append(figures)
 
 
 def _half() -> object:
