@@ -56,6 +56,18 @@ REPORT: list[str] = []
 printed at the end of the run."""
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An xdist worker hands its figures to the controller, which prints them.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["report"] = list(REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    REPORT.extend(getattr(node, "workeroutput", {}).get("report", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in REPORT:
         terminalreporter.write_line(line)
