@@ -152,7 +152,14 @@ def database(store: str, workdir: Path, pg_server: str, *, tag: str = "ingest") 
     """A fresh, empty database URL for one run; a PostgreSQL one is dropped afterwards.
     ``tag`` names the benchmark in the PostgreSQL database's name."""
     if store == "sqlite":
-        yield f"sqlite:///{workdir / 'bench.db'}"
+        # A file of its own each time: runs in one work folder must not share (a store grown by
+        # the run before is slower, and a new destination would start with its backlog).
+        path = workdir / f"{tag}-{secrets.token_hex(4)}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
         return
     name = f"bench_{tag}_{secrets.token_hex(6)}"
     admin = _libpq(make_url(pg_server).set(database="postgres").render_as_string(False))
