@@ -42,7 +42,8 @@ PARKED_BATCH = 500
 # Parking stops (the place is held) beyond this many parked messages per destination.
 MAX_PARKED = 10000
 IDLE_SECONDS = 0.1
-# A round that read at least LINGER_FROM messages is followed by a pause of LINGER_SECONDS.
+# A round that read at least LINGER_FROM messages is followed by a pause that makes it last
+# LINGER_SECONDS from its start.
 LINGER_FROM = 2
 LINGER_SECONDS = 0.05
 FLUSH_SECONDS = 0.5
@@ -145,6 +146,7 @@ class DestinationLoop:
         negative: pause that long, wake-ups or not)."""
         if not self.holds():
             return IDLE_SECONDS * 5
+        started = time.monotonic()
         now = datetime.now(UTC)
         hold = self.conditions.hold(now)
         if hold is not None:
@@ -162,8 +164,11 @@ class DestinationLoop:
         if read >= LINGER_FROM:
             # Under load: let the next batch fill for a moment. A round's fixed cost (two
             # queries, a thread hop, a round trip to the destination) is then shared by many
-            # messages instead of a few; a lone event still goes at once.
-            return -LINGER_SECONDS
+            # messages instead of a few; a lone event still goes at once. The moment counts
+            # from this round's start: a round that took longer (a broker's confirms) has
+            # let the next batch fill already, and waiting on top would only add latency.
+            pause = LINGER_SECONDS - (time.monotonic() - started)
+            return -pause if pause > 0 else None
         return IDLE_SECONDS
 
     async def _log_round(self, source: str) -> int:
