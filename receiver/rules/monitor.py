@@ -2,10 +2,12 @@
 resolve ``stream_down`` and ``stream_flapping`` (receiver.rules.stream).
 
 It runs on the server's event loop (RTMP events are few: the work is small) and talks to the
-store on a thread. Every ``TICK_SECONDS``, and at once after a committed batch, it reads the
-RTMP events past its place, applies them, and judges every job that has one of the rules'
-conditions pending (down and not yet reported, a finding open) at the current time: that is
-how a stream that stays down opens its finding when no further callback comes. The job's
+store on a thread. Every ``TICK_SECONDS``, and soon after a committed batch (at most one
+round every ``ROUND_GAP_SECONDS``, however often the intake commits: a round a batch cost the
+intake nearly half its throughput under load, bench/ingest.py), it reads the RTMP events past
+its place, applies them, and judges every job that has one of the rules' conditions pending
+(down and not yet reported, a finding open) at the current time: that is how a stream that
+stays down opens its finding when no further callback comes. The job's
 health, the findings and its place are written in one transaction.
 
 One replica at a time: its place and lease are a ``forward_state`` row named ``_rules`` (no
@@ -41,6 +43,8 @@ log = logging.getLogger("receiver.rules")
 
 NAME = "_rules"
 TICK_SECONDS = 0.5
+# Rounds are at least this far apart; a wake-up meanwhile is kept for the next round.
+ROUND_GAP_SECONDS = 0.25
 BATCH = 1000
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 HEALTH = StreamHealth.__table__  # type: ignore[attr-defined]
@@ -88,6 +92,7 @@ class StreamMonitor:
     async def _run(self) -> None:
         failing = False
         while not self.closing.is_set():
+            self._woken.clear()  # a wake-up from now on calls for another round
             try:
                 await self.step(datetime.now(UTC))
                 if failing:
@@ -101,9 +106,10 @@ class StreamMonitor:
                 failing = True
             except Exception:
                 log.exception("stream rules: unexpected error; trying again")
-            self._woken.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout=TICK_SECONDS)
+                await asyncio.wait_for(self.closing.wait(), timeout=ROUND_GAP_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), timeout=TICK_SECONDS - ROUND_GAP_SECONDS)
 
     async def step(self, now: datetime) -> int:
         """One look: the lease, the new RTMP events, the verdicts. Returns the findings opened
@@ -143,6 +149,7 @@ class StreamMonitor:
         with self.engine.begin() as conn:
             events, cursor = _rtmp_events(conn, after=cursor)
             healths = _pending(conn, [event.job_key for event in events])
+            stored = set(healths)
             for event in events:
                 healths[event.job_key] = apply(healths.get(event.job_key), event, self.rules)
             opened, resolved = [], []
@@ -169,7 +176,13 @@ class StreamMonitor:
             change = places.Save(event_cursor=cursor)
             if not places.save(conn, NAME, owner=self.owner, change=change):
                 raise _LeaseLost  # nothing of this round is written
-            _store(conn, [h for h in judged if h.job_key in touched])
+            # A job seen only up, with no row yet, needs none: its next event starts it from
+            # nothing to the same effect. (Most jobs: one write an RTMP event would otherwise
+            # take the store's write lock from the intake.)
+            _store(
+                conn,
+                [h for h in judged if h.job_key in touched and (h.job_key in stored or _kept(h))],
+            )
             self._saved_at, self._saved_cursor = time.monotonic(), cursor
             if opened:
                 upsert_findings(conn, opened, now)
@@ -184,6 +197,16 @@ class StreamMonitor:
 
 class _LeaseLost(Exception):
     pass
+
+
+def _kept(health: Health) -> bool:
+    """Whether a rule needs this health remembered: down, counting reconnects, or reported."""
+    return bool(
+        health.down_since is not None
+        or health.reconnects
+        or health.down_open
+        or health.flapping_open
+    )
 
 
 def _rtmp_events(conn: Connection, *, after: int) -> tuple[list[RtmpEvent], int]:
