@@ -7,8 +7,8 @@ round every ``ROUND_GAP_SECONDS``, however often the intake commits: a round a b
 intake nearly half its throughput under load, bench/ingest.py), it reads the RTMP events past
 its place, applies them, and judges every job that has one of the rules' conditions pending
 (down and not yet reported, a finding open) at the current time: that is how a stream that
-stays down opens its finding when no further callback comes. The job's
-health, the findings and its place are written in one transaction.
+stays down opens its finding when no further callback comes. The jobs' health, the findings
+and the place are written in one transaction; a job only ever seen up gets no health row.
 
 One replica at a time: its place and lease are a ``forward_state`` row named ``_rules`` (no
 destination can have that name), taken and fenced as a destination's are
