@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from conftest import KEY, OLD_KEY, REGISTERED, endpoint_table, make_settings
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from receiver.observability import RequestIdFilter
+from receiver.observability import RedactingFormatter, RequestIdFilter
 from receiver.protocol.signing import AuthType
 from receiver.testing import encode, sign_request
 from receiver.web.app import create_app
@@ -350,3 +351,15 @@ def test_a_stop_leaves_no_database_connection_open(migrated_url: str) -> None:
     finally:
         sys.unraisablehook = hook
     assert left == []
+
+
+def test_the_database_password_never_reaches_a_log_line() -> None:
+    """A database error may quote its connection URL; the server's log masks its password."""
+    password = "db-pass-5f3a9c"
+    url = f"postgresql+psycopg://receiver:{password}@127.0.0.1:1/receiver"
+    create_app(make_settings(url, endpoint_table()))  # not started: nothing connects
+    record = logging.LogRecord(
+        "receiver.prune", logging.ERROR, __file__, 1, "the prune failed (%s)", (url,), None
+    )
+    line = RedactingFormatter(logging.Formatter("%(message)s")).format(record)
+    assert password not in line and "receiver:****@127.0.0.1" in line

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -142,6 +143,10 @@ def _and_wake(
 def create_app(settings: Settings) -> ReceiverApp:
     """The receiver as an ASGI app. The schema must already be migrated
     (``receiver.store.migrate``)."""
+    # A database error may quote its connection (the prune's failures are logged here too).
+    password = make_url(settings.database_url).password
+    if password:
+        redact([str(password)])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
