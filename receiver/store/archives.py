@@ -107,13 +107,18 @@ def set_state(engine: Engine, archive_id: int, state: str) -> None:
         conn.execute(sa.update(ARCHIVES).where(ARCHIVES.c.id == archive_id).values(**values))
 
 
+def in_state(engine: Engine, state: str) -> Sequence[Any]:
+    """The (id, path) of every archive recorded in ``state``."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(ARCHIVES.c.id, ARCHIVES.c.path).where(ARCHIVES.c.state == state)
+        ).all()
+
+
 def abandon_unwritten(engine: Engine, folder: Path | None) -> int:
     """Files a stopped prune was writing (their rows are all still stored): the file and its
     temporary gone, the row too. How many."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(ARCHIVES.c.id, ARCHIVES.c.path).where(ARCHIVES.c.state == WRITING)
-        ).all()
+    rows = in_state(engine, WRITING)
     for row in rows:
         if folder is None:
             raise OSError(

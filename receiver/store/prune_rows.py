@@ -32,6 +32,7 @@ from receiver.store.archives import (
     DELETING,
     DELIVERY_FORMAT,
     announce,
+    in_state,
     pack,
     set_state,
     write_file,
@@ -178,10 +179,7 @@ def finish_interrupted(
 ) -> int:
     """Archives whose rows a stopped prune had not all deleted: delete the rest (ids read from
     the file). How many were finished."""
-    with engine.connect() as conn:
-        pending = conn.execute(
-            sa.select(ARCHIVES.c.id, ARCHIVES.c.path).where(ARCHIVES.c.state == DELETING)
-        ).all()
+    pending = in_state(engine, DELETING)
     for row in pending:
         if archive_dir is None:
             raise OSError(
