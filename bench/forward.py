@@ -465,6 +465,9 @@ def full_load(
         "non_2xx": result.non_2xx,
         "server_cpu_us_per_request": round(cpu.server_seconds / requests * 1e6, 1),
         "broker_cpu_us_per_request": round(broker_seconds / requests * 1e6, 1),
+        # Of the server's: the forwarder's process, and the store's writer process.
+        "forwarder_cpu_us_per_request": round(cpu.forwarder_seconds / requests * 1e6, 1),
+        "writer_cpu_us_per_request": round(cpu.writer_seconds / requests * 1e6, 1),
         "cores": {"server": cpu.server, "wrk": cpu.load, "other": cpu.other},
     }
     if kind:
@@ -588,8 +591,8 @@ def _report(results: dict[str, Any], baseline: float) -> bool:
         f"\nfull load ({results['store']}, wrk -t2 -c32); each kind between two runs forwarding"
         f" nowhere (their mean over the run: {baseline:.0f} req/s):"
     )
-    widths = (10, 8, 6, 7, 10, 13, 11, 8, 9, 7)
-    header = ("kind", "req/s", "ratio", "p99 ms", "srv us/req", "broker us/req")
+    widths = (10, 8, 6, 7, 10, 10, 13, 11, 8, 9, 7)
+    header = ("kind", "req/s", "ratio", "p99 ms", "srv us/req", "fwd us/req", "broker us/req")
     header += ("lag trend/s", "max lag", "max lag s", "drain s")
     print(_row(header, widths) + "  targets")
     for run in results["full_load"]:
@@ -610,6 +613,7 @@ def _report(results: dict[str, Any], baseline: float) -> bool:
             run["ratio_to_off"],
             run["p99_ms"],
             run["server_cpu_us_per_request"],
+            run.get("forwarder_cpu_us_per_request"),
             run["broker_cpu_us_per_request"],
             run.get("lag_trend_events_per_s"),
             run.get("max_lag_events"),

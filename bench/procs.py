@@ -90,6 +90,8 @@ class CpuUse:
     other: float  # everything else on the machine: other programs, the kernel, PostgreSQL
     # Of server_seconds, what the store's writer processes (receiver.store.child) used.
     writer_seconds: float = 0.0
+    # Of server_seconds, what the forwarder's process (receiver.forward.child) used.
+    forwarder_seconds: float = 0.0
 
 
 def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) -> tuple[T, CpuUse]:
@@ -97,6 +99,7 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     ``pid`` and the processes under it when the run starts (its workers, if it has any)."""
     server_pids = process_tree(pid)
     writer_pids = [p for p in server_pids if b"receiver.store.child" in _cmdline(p)]
+    forwarder_pids = [p for p in server_pids if b"receiver.forward.child" in _cmdline(p)]
 
     def store_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in store_pids)
@@ -107,7 +110,11 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     def writer_seconds() -> float:
         return sum(process_cpu_seconds(p) for p in writer_pids)
 
+    def forwarder_seconds() -> float:
+        return sum(process_cpu_seconds(p) for p in forwarder_pids)
+
     server0, store0, writer0 = server_seconds(), store_seconds(), writer_seconds()
+    forwarder0 = forwarder_seconds()
     children0, busy0 = children_cpu_seconds(), system_busy_seconds()
     start = time.monotonic()
     value = run()
@@ -115,6 +122,7 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
     server = server_seconds() - server0
     store = store_seconds() - store0
     writer = writer_seconds() - writer0
+    forwarder = forwarder_seconds() - forwarder0
     children = children_cpu_seconds() - children0
     other = max(0.0, system_busy_seconds() - busy0 - server - store - children)
     return value, CpuUse(
@@ -124,6 +132,7 @@ def measure_cpu(pid: int, run: Callable[[], T], store_pids: Sequence[int] = ()) 
         load=round(children / elapsed, 2),
         other=round(other / elapsed, 2),
         writer_seconds=writer,
+        forwarder_seconds=forwarder,
     )
 
 
