@@ -97,20 +97,19 @@ def _message(row: Sequence[Any], times: Any) -> Message:
     (event_id, endpoint, event_type, room_id, job_id, room_key, job_key) = row[:7]
     received_at, signed_at, message, encoding, extra, delivery_id = row[7:]
     received, signed, epoch = times(received_at, signed_at)
-    dumps = orjson.dumps
-    kind = dumps(event_type).decode()
+    kind = _quoted(event_type)
     body = _BODY % (
         kind[1:-1],
         received,
         event_id,
-        dumps(endpoint).decode(),
+        _quoted(endpoint),
         kind,
-        dumps(room_id).decode(),
-        dumps(job_id).decode(),
+        _quoted(room_id),
+        _quoted(job_id),
         received,
         signed,
         _json_text(event_type, message),
-        dumps(encoding).decode(),
+        _quoted(encoding),
         _json_text(event_type, extra),
         delivery_id,
     )
@@ -140,8 +139,10 @@ def _mask(match: re.Match[str]) -> str:
     return f'{match[1]}"{mask_stream_key(match[2])}"'
 
 
-# Seconds since the epoch at the start of each day seen (a day's events share it).
-_DAYS: dict[str, float] = {}
+# Each second seen (a second's events share it): the time as JSON up to its fraction, and
+# seconds since the epoch. Emptied when it grows past CACHED, like _QUOTED.
+_SECONDS: dict[str, tuple[str, float]] = {}
+CACHED = 4096
 
 
 def _sqlite_times(received: str, signed: str | None) -> tuple[str, str, float]:
@@ -152,20 +153,39 @@ def _sqlite_times(received: str, signed: str | None) -> tuple[str, str, float]:
         moment = datetime.fromisoformat(received).replace(tzinfo=UTC)
         other = None if signed is None else datetime.fromisoformat(signed).replace(tzinfo=UTC)
         return _pg_times(moment, other)
-    day = received[:10]
-    start = _DAYS.get(day)
-    if start is None:
-        start = _DAYS[day] = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
-    epoch = start + int(received[11:13]) * 3600 + int(received[14:16]) * 60 + float(received[17:])
-    return _sqlite_iso(received), "null" if signed is None else _sqlite_iso(signed), epoch
+    shown, start, fraction = _sqlite_iso(received)
+    return shown, "null" if signed is None else _sqlite_iso(signed)[0], start + float(fraction)
 
 
-def _sqlite_iso(value: str) -> str:
+def _sqlite_iso(value: str) -> tuple[str, float, str]:
+    """``value`` as JSON, the seconds since the epoch of its whole second, and its fraction."""
     if len(value) != 26:
-        return orjson.dumps(iso(datetime.fromisoformat(value).replace(tzinfo=UTC))).decode()
-    if value.endswith(".000000"):
-        return f'"{value[:10]}T{value[11:19]}Z"'
-    return f'"{value[:10]}T{value[11:]}Z"'
+        moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return orjson.dumps(iso(moment)).decode(), moment.timestamp(), "0"
+    second, fraction = value[:19], value[19:]
+    known = _SECONDS.get(second)
+    if known is None:
+        if len(_SECONDS) >= CACHED:
+            _SECONDS.clear()
+        moment = datetime.fromisoformat(second).replace(tzinfo=UTC)
+        known = _SECONDS[second] = (f'"{second[:10]}T{second[11:]}', moment.timestamp())
+    head, start = known
+    if fraction == ".000000":
+        return head + 'Z"', start, fraction
+    return head + fraction + 'Z"', start, fraction
+
+
+# Endpoints, types, encodings, room and job ids as JSON strings: few and repeated.
+_QUOTED: dict[str | None, str] = {}
+
+
+def _quoted(value: str | None) -> str:
+    known = _QUOTED.get(value)
+    if known is None:
+        if len(_QUOTED) >= CACHED:
+            _QUOTED.clear()
+        known = _QUOTED[value] = orjson.dumps(value).decode()
+    return known
 
 
 def _pg_times(received: datetime, signed: datetime | None) -> tuple[str, str, float]:
