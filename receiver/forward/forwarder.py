@@ -58,7 +58,10 @@ class Forwarder:
         owner: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
         owns_engine: bool = False,
+        own_process: bool = False,
     ) -> None:
+        """``own_process``: this forwarder runs in a process of its own (receiver.forward.child),
+        so its loops may read SQLite on the event loop (receiver.forward.delivery)."""
         self.engine = engine
         self.owns_engine = owns_engine
         self.owner = owner or replica_id()
@@ -77,6 +80,7 @@ class Forwarder:
                 owner=self.owner,
                 on_delivered=self._delivered,
                 on_outcome=self._outcome,
+                own_process=own_process,
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._renewed = asyncio.Event()
