@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -169,6 +170,26 @@ def read_all(
     }
 
 
+def forwarder_niceness(server_pid: int) -> int:
+    """The nice value of the server's forwarder process (receiver.forward.child)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    command = handle.read()
+                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                    fields = handle.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if b"receiver.forward.child" in command and int(fields[1]) == server_pid:
+                return int(fields[16])  # stat(5) field 19, "nice"
+        time.sleep(0.1)
+    raise AssertionError("no forwarder process under the server")
+
+
 def test_kill_9_while_forwarding_loses_nothing(
     db_url: str,
     server_factory: Callable[..., Any],
@@ -181,6 +202,10 @@ def test_kill_9_while_forwarding_loses_nothing(
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
     server = server_factory(db_url, destinations=every_kind(sink, topic), api_tokens=["test-token"])
+    # The forwarder works below the intake: when the cores are busy, the intake goes first.
+    assert (
+        forwarder_niceness(server.proc.pid) == os.getpriority(os.PRIO_PROCESS, server.proc.pid) + 10
+    )
     sink.delay = 0.01
     for _round in range(3):
         load = Load([server.base_url], rate=300, senders=6).start()
