@@ -121,5 +121,5 @@ def setup_logging(*, log_format: str, level: str) -> None:
     root.setLevel(level)
     # Client libraries that log each request with its URL: a destination's URL may carry its
     # credential (a chat webhook's token, a broker's password). Their warnings still show.
-    for name in ("httpx2", "httpcore2", "httpx", "httpcore", "aio_pika", "aiormq", "nats"):
+    for name in ("httpx2", "httpcore2", "aiohttp", "aio_pika", "aiormq", "nats"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

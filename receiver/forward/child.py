@@ -100,7 +100,7 @@ async def run(sock: socket.socket) -> None:
     root = logging.getLogger()
     root.handlers[:] = [ToParent(send)]
     root.setLevel(setup["log_level"])
-    for name in ("httpx2", "httpcore2", "aio_pika", "aiormq", "nats"):
+    for name in ("httpx2", "httpcore2", "aiohttp", "aio_pika", "aiormq", "nats"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     relay = Relay()
     engine = create_engine_for(setup["database_url"], pool_size=2)

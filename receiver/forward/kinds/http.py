@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import httpx2 as httpx
+import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from receiver import __version__
@@ -59,24 +59,25 @@ class HttpTransport(Transport):
         # Chat messages link to the console's job page under it (PRODUCT.md: public_url).
         self.public_url = public_url
         self._signers = [Webhook(secret) for secret in destination.secrets]
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
             limit = self.destination.max_in_flight
-            self._client = httpx.AsyncClient(
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.destination.timeout_seconds),
-                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+                timeout=aiohttp.ClientTimeout(total=self.destination.timeout_seconds),
                 headers={"user-agent": USER_AGENT},
+                cookie_jar=aiohttp.DummyCookieJar(),  # a destination's cookies are not kept
+                auto_decompress=False,  # only the answer's first bytes are read, for the log
                 trust_env=False,
             )
-        return self._client
+        return self._session
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     async def send(self, messages: Sequence[Message]) -> list[Outcome | None]:
         outcomes: list[Outcome | None] = [None] * len(messages)
@@ -118,30 +119,28 @@ class HttpTransport(Transport):
             body, headers = message.body, self.headers_for(message)
         started = time.monotonic()
         try:
-            request = self._http().build_request(
-                "POST", self.destination.url, content=body, headers=headers
-            )
-            response = await self._http().send(request, stream=True)
-            try:
+            async with self._http().post(
+                self.destination.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 answer = await _prefix(response)
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
+                status = response.status
+                location = response.headers.get("location")
+                retry_after_header = response.headers.get("retry-after")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Outcome(FAILED, time.monotonic() - started, error=self._error(exc))
         latency = time.monotonic() - started
-        status = response.status_code
         text = answer.decode("utf-8", "replace")[:RESPONSE_PREFIX]
-        kind, error = _judge(status, response.headers.get("location"))
+        kind, error = _judge(status, location)
         if kind == DELIVERED and self.destination.chat:
             # Some chat services answer 200 with an error code in the body.
             kind, error = chat.judge(self.destination.format, answer)
         retry_after = None
         if kind != DELIVERED:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            retry_after = retry_after_seconds(retry_after_header)
         return Outcome(kind, latency, status, error, retry_after, text)
 
     def _error(self, exc: BaseException) -> str:
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             what = f"no answer within {self.destination.timeout_seconds:g} s"
             return short(f"{type(exc).__name__}: {what}")
         return short(scrub(short(exc), self.destination.url))
@@ -162,10 +161,13 @@ def _judge(status: int, location: str | None) -> tuple[str, str | None]:
     return FAILED, f"HTTP {status}: not a final answer"
 
 
-async def _prefix(response: httpx.Response) -> bytes:
+async def _prefix(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's first READ_AT_MOST bytes (a connection whose answer was not read to its
+    end is closed by aiohttp, not reused)."""
     got = b""
-    async for chunk in response.aiter_bytes():
-        got += chunk
-        if len(got) >= READ_AT_MOST:
+    while len(got) < READ_AT_MOST:
+        chunk = await response.content.read(READ_AT_MOST - len(got))
+        if not chunk:
             break
-    return got[:READ_AT_MOST]
+        got += chunk
+    return got
