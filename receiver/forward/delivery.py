@@ -89,11 +89,9 @@ class DestinationLoop:
         self._parked_due: datetime | None = None
         self._parked_checked = 0.0
         self._saving = 0.0
-        # In the forwarder's own process (receiver.forward.child), SQLite reads run on the
-        # loop itself: a read of a local file in WAL mode never waits for the writer, and a
-        # page of the log takes a millisecond or two, less than the hop to a thread and back
-        # costs (about a quarter of the forwarder's CPU per message at full load). Writes,
-        # PostgreSQL (the network), and a forwarder on the server's own loop use a thread.
+        # In its own process, SQLite reads run on this loop: a WAL read never waits for the
+        # writer, and the hop to a thread cost a quarter of the CPU per message. Writes,
+        # PostgreSQL (the network) and a forwarder on the server's loop use a thread.
         self._inline_reads = own_process and engine.dialect.name == "sqlite"
 
     # -- the lease (called by the forwarder) --------------------------------------------------
