@@ -234,3 +234,18 @@ def test_redirects_are_not_followed(forwarding_app: Any, sink: WebhookSink) -> N
     error = destinations(client)["app"]["last_error"]
     assert "redirects are not followed" in error and "abcdefgh" not in error
     assert all(r.path == "/hooks" for r in sink.snapshot())
+
+
+def test_an_error_quoting_the_url_keeps_its_credentials_out() -> None:
+    """A client library's error may quote the whole URL; what reaches the attempts log and
+    ``last_error`` (an API answer) must not show a chat webhook's token or a query's."""
+    import aiohttp
+
+    from receiver.config import DestinationSettings
+    from receiver.forward.kinds.http import HttpTransport
+
+    url = "https://open.feishu.example/open-apis/bot/v2/hook/c0ffee-token-1234?sign=s3cr3t-sign"
+    chat = HttpTransport(DestinationSettings(name="c", kind="http", url=url, format="feishu"))
+    error = chat._error(aiohttp.ClientConnectionError(f"could not reach {url}"))
+    assert "c0ffee-token-1234" not in error and "s3cr3t-sign" not in error
+    assert error.startswith("ClientConnectionError: could not reach https://open.feishu.example")

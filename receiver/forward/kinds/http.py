@@ -140,10 +140,17 @@ class HttpTransport(Transport):
         return Outcome(kind, latency, status, error, retry_after, text)
 
     def _error(self, exc: BaseException) -> str:
+        """One line for the attempts log and ``last_error``, without the destination's
+        credentials: a client's error may quote the URL (a chat webhook's token in its path,
+        a token in its query)."""
         if isinstance(exc, TimeoutError):
             what = f"no answer within {self.destination.timeout_seconds:g} s"
             return short(f"{type(exc).__name__}: {what}")
-        return short(scrub(short(exc), self.destination.url))
+        text = scrub(short(exc), self.destination.url)
+        for secret in self.destination.credentials():
+            if secret:
+                text = text.replace(secret, "****")
+        return short(text)
 
 
 def _judge(status: int, location: str | None) -> tuple[str, str | None]:

@@ -12,7 +12,7 @@ aio-pika connects and declares the exchange; the messages go through its underly
 channel directly. A batch is written as one frame sequence under the channel's lock, with a
 confirmation future per message registered as aiormq's own ``basic_publish`` registers it
 (:func:`publish_batch`), instead of one ``basic_publish`` task per message: the forwarder then
-spends about a third of the CPU per message (bench/forward.py), and the broker receives the
+spends less than half the CPU per message (bench/forward.py), and the broker receives the
 batch in one write instead of one per message. tests/forward/test_brokers.py checks it against
 the real broker: confirms, returns of unroutable messages, a broken connection.
 """
