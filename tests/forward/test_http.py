@@ -143,9 +143,11 @@ def test_5xx_and_time_outs_keep_the_place_and_retry(forwarding_app: Any, sink: W
     sink.delay = 0
     second = send(client, "job-a", 2)
     sink.wait_for(lambda s: s.delivered_ids()[-2:] == [f"evt_{first}", f"evt_{second}"], timeout=10)
-    wait_until(lambda: destinations(client)["app"]["state"] == "active", timeout=5, what="active")
+    wait_until(
+        lambda: destinations(client)["app"]["lag_events"] == 0, timeout=5, what="both recorded"
+    )
     view = destinations(client)["app"]
-    assert view["lag_events"] == 0 and view["failures"] == 0 and view["last_delivered_at"]
+    assert view["state"] == "active" and view["failures"] == 0 and view["last_delivered_at"]
 
 
 def test_429_retry_after_is_honoured(forwarding_app: Any, sink: WebhookSink) -> None:
@@ -185,6 +187,8 @@ def test_a_poison_message_is_dead_lettered_and_the_rest_flows(
     refusals = [r for r in sink.snapshot() if r.message_id == f"evt_{poison}"]
     assert len(refusals) == 3  # the first attempt and one after each step of the schedule
     assert sink.delivered_ids().index(f"evt_{behind}") > sink.delivered_ids().index(f"evt_{other}")
+    # The sink has answered; the forwarder records the outcome a moment later.
+    wait_until(lambda: destinations(client)["app"]["parked"] == 0, timeout=5, what="unparked")
     view = destinations(client)["app"]
     assert view["dead_letters"] == 1 and view["parked"] == 0 and view["state"] == "active"
     dead = client.get("/v1/destinations/app/messages", headers=AUTH).json()["messages"]
@@ -194,7 +198,7 @@ def test_a_poison_message_is_dead_lettered_and_the_rest_flows(
     answer = client.post("/v1/destinations/app/resend", json={"dead_letters": True}, headers=AUTH)
     assert answer.json() == {"queued": 1, "skipped": 0}
     sink.wait_for(lambda s: f"evt_{poison}" in s.delivered_ids(), timeout=10)
-    assert destinations(client)["app"]["dead_letters"] == 0
+    wait_until(lambda: destinations(client)["app"]["dead_letters"] == 0, timeout=5, what="resent")
 
 
 def test_410_disables_keeping_the_place_until_enabled(
