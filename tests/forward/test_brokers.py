@@ -30,6 +30,11 @@ from forwarding_world import (
 )
 from tcp_proxy import TcpProxy
 
+from receiver.config import DestinationSettings
+from receiver.forward.kinds.nats import NatsTransport
+from receiver.forward.messages import EVENT, Message
+from receiver.forward.transport import DELIVERED, REFUSED
+
 # -- the tests ---------------------------------------------------------------------------------
 
 
@@ -90,6 +95,39 @@ def test_nats_without_a_stream_is_a_visible_failure(forwarding_app: Any, topic: 
         lambda: destinations(client)["nats"]["state"] == "retrying", timeout=10, what="retrying"
     )
     assert "no JetStream stream captures" in destinations(client)["nats"]["last_error"]
+
+
+def test_nats_batch_answers_each_message_on_its_own(topic: str, nats_stream: str) -> None:
+    """One batch through the transport: each message gets its own acknowledgement; one larger
+    than the server takes is refused without holding back the others; sent again, the stream
+    says it dropped the duplicates."""
+
+    def message(n: int, body: bytes) -> Message:
+        return Message(
+            f"evt_{n}", "metastudio.SHOOT_SCRIPT_SWITCH", body, "job:a", EVENT, n, 0.0, None
+        )
+
+    async def run() -> tuple[list[Any], list[Any], int]:
+        url = f"nats://127.0.0.1:{NATS_PORT}"
+        transport = NatsTransport(DestinationSettings(name="n", kind="nats", url=url, topic=topic))
+        try:
+            limit = (await transport._connect()).max_payload
+            batch = [message(1, b"{}"), message(2, b"x" * (limit + 1)), message(3, b"[]")]
+            first = await transport.send(batch)
+            again = await transport.send([batch[0], batch[2]])
+        finally:
+            await transport.close()
+        return first, again, limit
+
+    first, again, limit = asyncio.run(run())
+    assert [o.kind for o in first] == [DELIVERED, REFUSED, DELIVERED]
+    assert first[0].response == f"{nats_stream}:1" and first[2].response == f"{nats_stream}:2"
+    assert f"more than the server takes ({limit})" in first[1].error
+    assert [o.response for o in again] == [
+        f"{nats_stream}:1 duplicate",
+        f"{nats_stream}:2 duplicate",
+    ]
+    assert [h["Nats-Msg-Id"] for _, h, _ in nats_messages(nats_stream)] == ["evt_1", "evt_3"]
 
 
 def test_rabbitmq_topic_exchange_with_confirms(
