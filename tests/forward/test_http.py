@@ -178,10 +178,14 @@ def test_a_poison_message_is_dead_lettered_and_the_rest_flows(
     forwarding_app: Any, sink: WebhookSink
 ) -> None:
     client = forwarding_app(http_destination(sink.url, retry_seconds=[0.1, 0.1]))
+    # Down while the three are stored, so that the poison message is refused from its first
+    # attempt on (its id is known only once it is stored, and the forwarder sends at once).
+    sink.stop()
     poison = send(client, "job-a", 1)
-    sink.refuse(f"evt_{poison}", 422)
     behind = send(client, "job-a", 2)  # same job: waits for the poison message's fate
     other = send(client, "job-b", 3)  # another job: flows at once
+    sink.refuse(f"evt_{poison}", 422)
+    sink.start()
     sink.wait_for(lambda s: f"evt_{other}" in s.delivered_ids(), timeout=10)
     sink.wait_for(lambda s: f"evt_{behind}" in s.delivered_ids(), timeout=10)
     refusals = [r for r in sink.snapshot() if r.message_id == f"evt_{poison}"]
