@@ -121,7 +121,7 @@ def one_run(
     topic: str,
 ) -> dict[str, Any]:
     publisher = None
-    body_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    body_file = script.parent / "body.json"
     body_file.write_bytes(body)
     if kind is not None:
         command = ["nice", "-n", str(NICENESS), sys.executable, __file__, "--publish", kind]
@@ -156,7 +156,6 @@ def one_run(
             publish_rate=round(rate, 1),
             broker_us_per_msg=round(broker * 1e6 / max(1.0, rate * elapsed), 1),
         )
-    body_file.unlink()
     return found
 
 
