@@ -117,9 +117,7 @@ class NatsTransport(Transport):
         latency = time.monotonic() - started
         outcomes: list[Outcome | None] = [self._outcome(a, latency) for a in batch.answers]
         if batch.left:  # unanswered: the connection broke or the server is stuck
-            for token in [t for t, (b, _i) in self._waiting.items() if b is batch]:
-                del self._waiting[token]
-            await self.close()
+            await self.close()  # which forgets the tokens still awaited
         return outcomes
 
     def _publishes(self, messages: Sequence[Message], batch: _Batch, max_payload: int) -> bytes:
