@@ -33,19 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
-from forward import PORTS, RESULTS, TOKEN, broker_pids, consumers, receiver
+from forward import BROKER_URLS, RESULTS, broker_pids, consumers, receiver
 from ingest import _signed_path, database
 from loadgen import lua_script, run_wrk
 from procs import measure_cpu, process_cpu_seconds
 
 from receiver.forward.child import NICENESS
 
-URLS = {
-    "redis": f"redis://127.0.0.1:{PORTS['redis']}",
-    "nats": f"nats://127.0.0.1:{PORTS['nats']}",
-    "rabbitmq": f"amqp://guest:guest@127.0.0.1:{PORTS['rabbitmq']}/",
-}
 TICK_SECONDS = 0.05  # the forwarder's LINGER_SECONDS: one batch per tick under load
 
 
@@ -58,8 +52,9 @@ async def publish(kind: str, topic: str, body: bytes, rate: float, seconds: floa
     from receiver.forward.messages import EVENT, Message
 
     transport = open_transport(
-        DestinationSettings(name=kind, kind=kind, url=URLS[kind], topic=topic)
+        DestinationSettings(name=kind, kind=kind, url=BROKER_URLS[kind], topic=topic)
     )
+    message_type = json.loads(body)["type"]
     per_tick = max(1, round(rate * TICK_SECONDS))
     sent = delivered = 0
     started = time.monotonic()
@@ -69,7 +64,7 @@ async def publish(kind: str, topic: str, body: bytes, rate: float, seconds: floa
         batch = [
             Message(
                 id=f"evt_{sent + n}",
-                type="metastudio.SHOOT_SCRIPT_SWITCH",
+                type=message_type,
                 body=body,
                 order_key=f"job:{(sent + n) % 64}",
                 source=EVENT,
@@ -101,14 +96,20 @@ async def publish(kind: str, topic: str, body: bytes, rate: float, seconds: floa
 # -- the runs ----------------------------------------------------------------------------------
 
 
-def real_body(base_url: str) -> bytes:
-    """A stored event as the forwarder sends it (receiver.forward.event_rows builds the same)."""
-    answer = httpx.get(
-        f"{base_url}/v1/events", params={"limit": 1}, headers={"authorization": f"Bearer {TOKEN}"}
-    )
-    event = answer.json()["events"][0]
-    message = {"type": f"metastudio.{event['event_type']}", "timestamp": event["received_at"]}
-    return json.dumps({**message, "data": event}, separators=(",", ":")).encode()
+def forwarder_body(database_url: str) -> bytes:
+    """The first stored event's body, built by the forwarder's own reader."""
+    from receiver.config import DestinationSettings
+    from receiver.forward import logs
+    from receiver.store.writer import create_engine_for
+
+    anywhere = DestinationSettings(name="floor", kind="redis", url=BROKER_URLS["redis"])
+    engine = create_engine_for(database_url, create=False)
+    try:
+        with engine.connect() as conn:
+            messages, _head = logs.read_events(conn, anywhere, after=0, limit=1)
+    finally:
+        engine.dispose()
+    return messages[0].body
 
 
 def one_run(
@@ -191,7 +192,7 @@ def main() -> int:
                 assert server.proc is not None
                 target = f"http://127.0.0.1:{server.port}{_signed_path()}"
                 run_wrk(url=target, tag="warm", seconds=2, script=script, threads=2, connections=32)
-                body = real_body(server.base_url)
+                body = forwarder_body(url)
                 runs.append(one_run(args, server.proc.pid, target, script, None, body, topic))
                 for kind in kinds:
                     runs.append(one_run(args, server.proc.pid, target, script, kind, body, topic))

@@ -71,13 +71,15 @@ DRAIN_SECONDS = 120.0
 # -- the receiver and its destinations ---------------------------------------------------------
 
 
+BROKER_URLS = {
+    "redis": f"redis://127.0.0.1:{PORTS['redis']}",
+    "nats": f"nats://127.0.0.1:{PORTS['nats']}",
+    "rabbitmq": f"amqp://guest:guest@127.0.0.1:{PORTS['rabbitmq']}/",
+}
+
+
 def destination_table(kind: str, topic: str, sink_url: str) -> str:
-    urls = {
-        "http": sink_url,
-        "redis": "redis://127.0.0.1:6379",
-        "nats": "nats://127.0.0.1:4222",
-        "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
-    }
+    urls = {"http": sink_url, **BROKER_URLS}
     lines = [
         "[[destinations]]",
         f'name = "{kind}"',
